@@ -1,0 +1,1 @@
+"""Delivery channels: one file per channel behind the small protocol of ``base.py``."""

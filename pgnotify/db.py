@@ -1,0 +1,53 @@
+"""Connections: psycopg for the CLI and migrations, asyncpg for the daemon.
+
+Connection failures become ``DatabaseUnavailable`` with a one-line message naming the
+host, never a traceback, and never the password.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from pgnotify.errors import DatabaseUnavailable
+
+
+def describe_dsn(dsn: str) -> str:
+    """``user@host:port/dbname`` of a libpq URL or keyword string, without the password."""
+    try:
+        info = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "an unparsable DATABASE_URL"
+    host = str(info.get("host") or "localhost (socket)")
+    port = str(info.get("port") or 5432)
+    user = str(info.get("user") or "")
+    db = str(info.get("dbname") or "")
+    return f"{user + '@' if user else ''}{host}:{port}/{db}"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or exc.__class__.__name__
+
+
+def check_dsn(dsn: str) -> None:
+    """Reject a DATABASE_URL libpq cannot parse, with the reason."""
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise DatabaseUnavailable(
+            f"DATABASE_URL is not a valid libpq URL: {_one_line(exc)}"
+        ) from None
+
+
+def connect_sync(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """Open a psycopg connection or raise ``DatabaseUnavailable`` naming the host."""
+    check_dsn(dsn)
+    kwargs.setdefault("connect_timeout", 10)
+    try:
+        return psycopg.connect(dsn, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to {describe_dsn(dsn)}: {_one_line(exc)}"
+        ) from None

@@ -1,0 +1,41 @@
+"""Values that cross module boundaries inside the daemon."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+KINDS = (
+    "booking_confirmed",
+    "payment_confirmed",
+    "payment_failed",
+    "booking_cancelled",
+    "booking_rescheduled",
+    "reminder_24h",
+    "reminder_2h",
+)
+CHANNELS = ("email", "sms", "inapp")
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedNotification:
+    """A row of ``pgnotify.notifications`` this daemon holds in ``sending``.
+
+    ``context`` is the raw rendering context loaded for the whole batch in one query
+    (see ``queries.py``: booking, shop, staff, service, customer, payment as dicts), or
+    ``None`` when the booking no longer exists. ``stale_reason`` is set by SQL when the
+    notification should no longer be sent (a reminder whose booking changed).
+    """
+
+    id: int
+    kind: str
+    channel: str
+    recipient: str | None
+    booking_id: UUID | None
+    payment_id: UUID | None
+    attempts: int
+    run_at: datetime
+    context: dict[str, Any] | None
+    stale_reason: str | None = None

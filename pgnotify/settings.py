@@ -1,0 +1,182 @@
+"""Settings from the environment (and ``.env``), named as in CONTRACT.md §4.
+
+Secrets can also come from files, for systemd's ``LoadCredential=``: ``SMTP_PASSWORD_FILE``,
+``TWILIO_AUTH_TOKEN_FILE`` and ``DATABASE_URL_FILE``, or a file of the setting's name in
+``$CREDENTIALS_DIRECTORY``. Secrets are ``SecretStr`` so they never reach a log line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from pgnotify.errors import SettingsError
+
+_SECRET_NAMES = ("DATABASE_URL", "SMTP_PASSWORD", "TWILIO_AUTH_TOKEN")
+_E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+
+
+class Settings(BaseSettings):
+    """Every knob of pgnotify; validation errors name the variable and why."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True
+    )
+
+    DATABASE_URL: SecretStr = SecretStr("postgresql://localhost/pgnotify")
+
+    SMTP_SERVER: str | None = None
+    SMTP_PORT: int | None = Field(default=None, ge=1, le=65535)
+    SMTP_USERNAME: str | None = None
+    SMTP_PASSWORD: SecretStr | None = None
+    SMTP_SECURITY: Literal["starttls", "tls", "none"] = "starttls"
+    SMTP_POOL_SIZE: int = Field(default=4, ge=1, le=64)
+    FROM_EMAIL: str = "noreply@localhost"
+
+    TWILIO_ACCOUNT_SID: str | None = None
+    TWILIO_AUTH_TOKEN: SecretStr | None = None
+    TWILIO_PHONE_NUMBER: str | None = None
+    TWILIO_MESSAGING_SERVICE_SID: str | None = None
+    TWILIO_API_URL: str = "https://api.twilio.com"
+
+    NOTIFICATION_WORKERS: int = Field(default=3, ge=1, le=256)
+    NOTIFICATION_BATCH_SIZE: int = Field(default=10, ge=1, le=10_000)
+    NOTIFICATION_POLL_INTERVAL: float = Field(default=10.0, gt=0)
+    NOTIFICATION_MAX_RETRIES: int = Field(default=3, ge=0, le=100)
+    NOTIFICATION_RETRY_DELAYS: Annotated[tuple[float, ...], NoDecode] = (60.0, 300.0, 900.0)
+    NOTIFICATION_RETENTION_DAYS: int = Field(default=90, ge=1)
+    NOTIFICATION_SEND_TIMEOUT: float = Field(default=30.0, gt=0)
+    NOTIFICATION_LEASE_SECONDS: float = Field(default=120.0, gt=0)
+    NOTIFICATION_SHUTDOWN_GRACE: float = Field(default=20.0, ge=0)
+    NOTIFICATION_OUTBOX_DIR: Path = Path("./outbox")
+    NOTIFICATION_HEALTH_ADDR: str = "127.0.0.1:8787"
+    NOTIFICATION_LOG_FORMAT: Literal["json", "console"] | None = None
+    NOTIFICATION_LOG_LEVEL: Literal["debug", "info", "warning", "error"] = "info"
+    NOTIFICATION_TEMPLATES_DIR: Path | None = None
+    NOTIFICATION_PROBE_INTERVAL: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        """Fill secrets from ``NAME_FILE`` or ``$CREDENTIALS_DIRECTORY/NAME`` when unset."""
+        if not isinstance(data, dict):
+            return data
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        for name in _SECRET_NAMES:
+            if data.get(name):
+                continue
+            path = data.get(f"{name}_FILE") or os.environ.get(f"{name}_FILE")
+            if not path and creds and (Path(creds) / name).is_file():
+                path = str(Path(creds) / name)
+            if path:
+                try:
+                    data[name] = Path(path).read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    raise ValueError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from exc
+        return data
+
+    @field_validator("NOTIFICATION_RETRY_DELAYS", mode="before")
+    @classmethod
+    def _parse_delays(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            if not parts:
+                raise ValueError("expected comma-separated seconds, e.g. 60,300,900")
+            try:
+                delays = tuple(float(p) for p in parts)
+            except ValueError:
+                raise ValueError(f"expected comma-separated seconds, got {value!r}") from None
+            if any(d < 0 for d in delays):
+                raise ValueError("delays must not be negative")
+            return delays
+        return value
+
+    @field_validator("TWILIO_PHONE_NUMBER")
+    @classmethod
+    def _e164(cls, value: str | None) -> str | None:
+        if value is not None and not _E164.match(value):
+            raise ValueError(f"must be an E.164 number like +15551234567, got {value!r}")
+        return value
+
+    @field_validator("NOTIFICATION_HEALTH_ADDR")
+    @classmethod
+    def _health_addr(cls, value: str) -> str:
+        if value:
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError(f"expected host:port (or empty to disable), got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.NOTIFICATION_LEASE_SECONDS <= self.NOTIFICATION_SEND_TIMEOUT:
+            raise ValueError(
+                "NOTIFICATION_LEASE_SECONDS must exceed NOTIFICATION_SEND_TIMEOUT "
+                f"({self.NOTIFICATION_LEASE_SECONDS} <= {self.NOTIFICATION_SEND_TIMEOUT})"
+            )
+        if self.twilio_configured and not (
+            self.TWILIO_PHONE_NUMBER or self.TWILIO_MESSAGING_SERVICE_SID
+        ):
+            raise ValueError(
+                "TWILIO_PHONE_NUMBER or TWILIO_MESSAGING_SERVICE_SID is required with Twilio"
+            )
+        if bool(self.TWILIO_ACCOUNT_SID) != bool(self.TWILIO_AUTH_TOKEN):
+            raise ValueError("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set together")
+        if self.SMTP_USERNAME and not self.SMTP_PASSWORD:
+            raise ValueError("SMTP_PASSWORD is required when SMTP_USERNAME is set")
+        return self
+
+    @property
+    def database_url(self) -> str:
+        return self.DATABASE_URL.get_secret_value()
+
+    @property
+    def smtp_configured(self) -> bool:
+        return bool(self.SMTP_SERVER)
+
+    @property
+    def smtp_port(self) -> int:
+        if self.SMTP_PORT is not None:
+            return self.SMTP_PORT
+        return {"tls": 465, "starttls": 587, "none": 25}[self.SMTP_SECURITY]
+
+    @property
+    def twilio_configured(self) -> bool:
+        return bool(self.TWILIO_ACCOUNT_SID and self.TWILIO_AUTH_TOKEN)
+
+    @property
+    def health_host_port(self) -> tuple[str, int] | None:
+        if not self.NOTIFICATION_HEALTH_ADDR:
+            return None
+        host, _, port = self.NOTIFICATION_HEALTH_ADDR.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @property
+    def log_format(self) -> str:
+        if self.NOTIFICATION_LOG_FORMAT:
+            return self.NOTIFICATION_LOG_FORMAT
+        return "console" if sys.stderr.isatty() else "json"
+
+    def retry_delay(self, attempts: int) -> float:
+        """Base delay before retry number ``attempts`` (1-based); the last delay repeats."""
+        delays = self.NOTIFICATION_RETRY_DELAYS
+        return delays[min(max(attempts, 1), len(delays)) - 1]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load settings, turning pydantic's report into one ``SettingsError`` per bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {msg}")
+        raise SettingsError("invalid settings: " + "; ".join(lines)) from None
