@@ -1,0 +1,1 @@
+"""Network peers for tests: a real SMTP server and a Twilio-shaped HTTP server."""

@@ -1,0 +1,182 @@
+"""Serialise an ``EmailMessage`` to RFC 5322 bytes, fast, with every header value checked.
+
+Why not ``email.message.EmailMessage``: building a three-part message with it costs about
+3 ms, a hundred times the per-notification budget (STYLE rule 11). Here the parts are
+base64-encoded and joined around fixed headers, which costs microseconds. Safety does not
+depend on the speed trick: every header value, without exception, goes through
+``header_value`` (CR, LF and NUL are a ``PermanentError``; anything not plain ASCII is
+sent as RFC 2047 encoded words) and every address through ``format_address``. A property
+test parses the output with the stdlib parser and checks every field comes back as given.
+"""
+
+from __future__ import annotations
+
+import re
+from base64 import b64encode, encodebytes
+from email.utils import formataddr, formatdate
+
+from pgnotify.channels.base import EmailMessage
+from pgnotify.errors import PermanentError
+
+# A value may be sent as is when it is printable ASCII words separated by single spaces:
+# anything else (leading/trailing/double spaces, tabs, controls, non-ASCII, something that
+# looks like an encoded word) is encoded, so the receiver decodes exactly what we meant.
+_PLAIN = re.compile(r"[!-~]+(?: [!-~]+)*")
+_BLANKS = re.compile(r"[ \t]+")
+_FORBIDDEN = re.compile(r"[\r\n\x00]")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ADDRESS = re.compile(
+    rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+)
+_MESSAGE_ID = re.compile(r"<[!-;=?-~]+@[!-;=?-~]+>")
+_MAX_PLAIN = 900  # RFC 5322 caps a line at 998 octets; longer values are folded words
+_MAX_NAME = 200  # characters; as one encoded word it stays well under 998 octets
+_WORD_BYTES = 42  # 56 base64 characters: each encoded word stays within 75 characters
+ICS_METHODS = frozenset({"REQUEST", "CANCEL", "PUBLISH"})
+
+
+def header_value(field: str, value: str) -> str:
+    """Validate one header value and return it ready to follow ``field: ``.
+
+    The single gate for header safety: a CR, LF or NUL (header or recipient injection)
+    raises ``PermanentError`` naming the field; non-ASCII or irregular whitespace becomes
+    RFC 2047 encoded words (base64, UTF-8), folded so no line exceeds 78 octets.
+    """
+    if _FORBIDDEN.search(value):
+        raise PermanentError(f"header {field} contains CR, LF or NUL: {value[:60]!r}")
+    if len(value) <= _MAX_PLAIN and "=?" not in value and _PLAIN.fullmatch(value):
+        return value
+    return encoded_words(value)
+
+
+def encoded_words(value: str) -> str:
+    """RFC 2047 ``=?utf-8?b?...?=`` words, split between characters, joined by folding."""
+    data = value.encode("utf-8")
+    words = []
+    start = 0
+    while start < len(data):
+        end = min(start + _WORD_BYTES, len(data))
+        while end < len(data) and (data[end] & 0xC0) == 0x80:
+            end -= 1  # never split a UTF-8 sequence across two words
+        words.append(f"=?utf-8?b?{b64encode(data[start:end]).decode('ascii')}?=")
+        start = end
+    return "\r\n ".join(words) if words else '""'
+
+
+def format_address(field: str, name: str | None, address: str) -> str:
+    """``Display Name <addr@example.com>`` with the name validated like any header value.
+
+    Addresses must be plain ASCII dot-atoms (we do not speak SMTPUTF8); anything else is a
+    ``PermanentError`` naming the field. Plain names go through ``email.utils.formataddr``
+    (which quotes specials); others become one encoded word, with runs of spaces and tabs
+    collapsed to one space, as every reader shows them.
+    """
+    if not _ADDRESS.fullmatch(address):
+        raise PermanentError(f"header {field}: invalid email address {address[:80]!r}")
+    if not name:
+        return address
+    if header_value(field, name) is not name:
+        # Readers collapse runs of blanks inside a display name; doing it here makes what
+        # we send exactly what the recipient's parser returns.
+        name = _BLANKS.sub(" ", name)
+    if header_value(field, name) is name:
+        return formataddr((name, address))
+    # One encoded word, never several: parsers put a space between adjacent encoded
+    # words inside a display name, which would change the name.
+    if len(name) > _MAX_NAME:
+        raise PermanentError(f"header {field}: display name longer than {_MAX_NAME}")
+    return f"=?utf-8?b?{b64encode(name.encode('utf-8')).decode('ascii')}?= <{address}>"
+
+
+def is_valid_address(address: str) -> bool:
+    """True for an address ``format_address`` accepts (ASCII dot-atom @ domain)."""
+    return bool(_ADDRESS.fullmatch(address))
+
+
+def _base64_body(content: str) -> bytes:
+    return encodebytes(content.encode("utf-8")).replace(b"\n", b"\r\n")
+
+
+def _part(content_type: bytes, body: str, extra: bytes = b"") -> bytes:
+    return (
+        b"Content-Type: "
+        + content_type
+        + b"\r\nContent-Transfer-Encoding: base64\r\n"
+        + extra
+        + b"\r\n"
+        + _base64_body(body)
+    )
+
+
+def build_mime(message: EmailMessage, *, from_email: str, date: str | None = None) -> bytes:
+    """Serialise ``message`` (text + HTML, plus its ICS when set) to CRLF bytes.
+
+    ``date`` is an RFC 5322 date (now when omitted). Raises ``PermanentError`` for any
+    unsafe header value, invalid address or Message-ID, or unknown ICS method.
+    """
+    if not _MESSAGE_ID.fullmatch(message.message_id):
+        raise PermanentError(f"invalid Message-ID {message.message_id[:80]!r}")
+    headers = [
+        "From: " + format_address("From", message.from_name, from_email),
+        "To: " + format_address("To", message.to_name, message.to_address),
+    ]
+    if message.reply_to:
+        headers.append("Reply-To: " + format_address("Reply-To", None, message.reply_to))
+    headers += [
+        "Subject: " + header_value("Subject", message.subject),
+        "Date: " + (date or formatdate(usegmt=True)),
+        "Message-ID: " + message.message_id,
+        "Auto-Submitted: auto-generated",
+        # Asks Exchange/Outlook not to answer with out-of-office replies.
+        "X-Auto-Response-Suppress: All",
+        "MIME-Version: 1.0",
+    ]
+    nid = message.notification_id
+    alt = f"=_pgnotify_{nid}_alt".encode("ascii")
+    alternative = (
+        b"--"
+        + alt
+        + b"\r\n"
+        + _part(b"text/plain; charset=utf-8", message.text)
+        + b"--"
+        + alt
+        + b"\r\n"
+        + _part(b"text/html; charset=utf-8", message.html)
+        + b"--"
+        + alt
+        + b"--\r\n"
+    )
+    alt_type = b'multipart/alternative; boundary="' + alt + b'"'
+    if message.ics is None:
+        head = "\r\n".join(headers).encode("ascii")
+        return head + b"\r\nContent-Type: " + alt_type + b"\r\n\r\n" + alternative
+
+    method = message.ics_method or "REQUEST"
+    if method not in ICS_METHODS:
+        raise PermanentError(f"invalid ICS method {method[:20]!r}")
+    mixed = f"=_pgnotify_{nid}_mix".encode("ascii")
+    calendar = _part(
+        b"text/calendar; charset=utf-8; method=" + method.encode("ascii") + b'; name="invite.ics"',
+        message.ics,
+        b'Content-Disposition: attachment; filename="invite.ics"\r\n',
+    )
+    head = "\r\n".join(headers).encode("ascii")
+    return (
+        head
+        + b'\r\nContent-Type: multipart/mixed; boundary="'
+        + mixed
+        + b'"\r\n\r\n--'
+        + mixed
+        + b"\r\nContent-Type: "
+        + alt_type
+        + b"\r\n\r\n"
+        + alternative
+        + b"--"
+        + mixed
+        + b"\r\n"
+        + calendar
+        + b"--"
+        + mixed
+        + b"--\r\n"
+    )

@@ -1,0 +1,228 @@
+"""The template context: the raw booking sections plus what a human reads.
+
+``build_context`` is pure and cheap (a few microseconds): it parses the timestamps once,
+shows them in the shop's timezone with the zone named, and formats money and durations
+for the recipient's language. Only ``en`` and ``es`` have tables; any other language is
+formatted as ``en``. No Babel: two small tables cost nothing and cannot fail at import.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta, tzinfo
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+FORMAT_LOCALES = ("en", "es")
+_LOCALE = re.compile(r"^([A-Za-z]{2,3})(?:[-_].*)?$")
+
+_WEEKDAYS = {
+    "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
+    "es": ("lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"),
+}
+_MONTHS = {
+    "en": (
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ),
+    "es": (
+        "enero",
+        "febrero",
+        "marzo",
+        "abril",
+        "mayo",
+        "junio",
+        "julio",
+        "agosto",
+        "septiembre",
+        "octubre",
+        "noviembre",
+        "diciembre",
+    ),
+}
+_SHORT_WEEKDAYS = {
+    "en": ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"),
+    "es": ("lun", "mar", "mié", "jue", "vie", "sáb", "dom"),
+}
+_SHORT_MONTHS = {
+    "en": ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"),
+    "es": ("ene", "feb", "mar", "abr", "may", "jun", "jul", "ago", "sept", "oct", "nov", "dic"),
+}
+
+# Symbol per currency; the rest are shown with their ISO code. MXN gets "MX$" so a
+# Mexican peso is never mistaken for a dollar in a message that crosses a border.
+_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "MXN": "MX$"}
+# ISO 4217 minor units that are not 2; cents are the smallest unit of the currency.
+_EXPONENTS = {"JPY": 0, "KRW": 0, "CLP": 0, "VND": 0, "ISK": 0, "BHD": 3, "KWD": 3, "JOD": 3}
+
+
+def resolve_locale(*candidates: str | None) -> str:
+    """The first usable language code among ``candidates`` (``"es-MX"`` gives ``"es"``).
+
+    Anything that is not a plain language tag is ignored, so a hostile locale can never
+    become a path; with no usable candidate the answer is ``"en"``.
+    """
+    for candidate in candidates:
+        if candidate:
+            match = _LOCALE.match(candidate.strip())
+            if match:
+                return match.group(1).lower()
+    return "en"
+
+
+@lru_cache(maxsize=512)
+def shop_zone(name: str | None) -> tzinfo:
+    """The ``ZoneInfo`` for an IANA name; unknown or malformed names fall back to UTC."""
+    if not name:
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return UTC
+
+
+def parse_timestamp(value: str | None) -> datetime | None:
+    """Parse an ISO-8601 timestamp; a naive one is taken as UTC, garbage as missing."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def zone_label(moment: datetime) -> str:
+    """The zone as people write it: ``CET``, ``EST``; numeric-only zones as ``UTC-03``."""
+    abbreviation = moment.strftime("%Z")
+    if not abbreviation or abbreviation[0] in "+-":
+        offset = moment.utcoffset() or timedelta(0)
+        minutes = int(offset.total_seconds()) // 60
+        sign = "-" if minutes < 0 else "+"
+        hours, mins = divmod(abs(minutes), 60)
+        return f"UTC{sign}{hours:02d}" + (f":{mins:02d}" if mins else "")
+    return abbreviation
+
+
+def format_date(moment: datetime, locale: str) -> str:
+    """``Tuesday, 1 December 2026`` / ``martes, 1 de diciembre de 2026``."""
+    lang = locale if locale in FORMAT_LOCALES else "en"
+    weekday = _WEEKDAYS[lang][moment.weekday()]
+    month = _MONTHS[lang][moment.month - 1]
+    if lang == "es":
+        return f"{weekday}, {moment.day} de {month} de {moment.year}"
+    return f"{weekday}, {moment.day} {month} {moment.year}"
+
+
+def format_short_date(moment: datetime, locale: str) -> str:
+    """``Tue 1 Dec`` / ``mar 1 dic``: for SMS, where every character counts."""
+    lang = locale if locale in FORMAT_LOCALES else "en"
+    weekday = _SHORT_WEEKDAYS[lang][moment.weekday()]
+    return f"{weekday} {moment.day} {_SHORT_MONTHS[lang][moment.month - 1]}"
+
+
+def format_time(moment: datetime) -> str:
+    """``15:30 CET``: a 24-hour clock reads the same in both languages."""
+    return f"{moment.hour:02d}:{moment.minute:02d} {zone_label(moment)}"
+
+
+def format_money(cents: int | None, currency: str | None, locale: str) -> str:
+    """Format an amount of minor units: ``$45.00``, ``€1,234.50``; ``es``: ``45,00 €``."""
+    if cents is None:
+        return ""
+    code = (currency or "USD").upper()
+    exponent = _EXPONENTS.get(code, 2)
+    sign = "-" if cents < 0 else ""
+    units, minor = divmod(abs(int(cents)), 10**exponent)
+    whole = f"{units:,}"
+    fraction = f"{minor:0{exponent}d}" if exponent else ""
+    symbol = _SYMBOLS.get(code)
+    if locale == "es":
+        number = whole.replace(",", ".") + ("," + fraction if fraction else "")
+        return f"{sign}{number} {symbol or code}"
+    number = whole + ("." + fraction if fraction else "")
+    if symbol:
+        return f"{sign}{symbol}{number}"
+    return f"{sign}{number} {code}"
+
+
+def format_duration(minutes: int | None) -> str:
+    """``45 min``, ``1 h``, ``1 h 30 min``: the same abbreviations serve en and es."""
+    if minutes is None:
+        return ""
+    hours, mins = divmod(max(int(minutes), 0), 60)
+    if hours and mins:
+        return f"{hours} h {mins} min"
+    if hours:
+        return f"{hours} h"
+    return f"{mins} min"
+
+
+def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = raw.get(name)
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def build_context(raw: Mapping[str, Any], *, locale: str | None = None) -> dict[str, Any]:
+    """Turn the raw sections loaded by SQL into the dict every template renders from.
+
+    Keys: the raw sections ``booking``, ``shop``, ``staff``, ``service``, ``customer``,
+    ``payment`` (``payment`` may be ``None``), and ``locale``, ``timezone``, ``date``,
+    ``short_date``, ``time``, ``end_time``, ``duration``, ``price``, ``amount`` (the
+    payment's), ``starts_at`` / ``ends_at`` (aware datetimes in the shop's zone, or
+    ``None``). ``locale`` overrides the customer's and the shop's language (previews).
+    """
+    booking = _section(raw, "booking")
+    shop = _section(raw, "shop")
+    customer = _section(raw, "customer")
+    service = _section(raw, "service")
+    payment_raw = raw.get("payment")
+    payment = dict(payment_raw) if isinstance(payment_raw, Mapping) else None
+
+    lang = resolve_locale(locale, customer.get("locale"), shop.get("locale"))
+    zone = shop_zone(shop.get("timezone"))
+    starts = parse_timestamp(booking.get("starts_at"))
+    duration_minutes = booking.get("duration_minutes", service.get("duration_minutes"))
+    ends = parse_timestamp(booking.get("ends_at"))
+    if ends is None and starts is not None and isinstance(duration_minutes, int):
+        ends = starts + timedelta(minutes=duration_minutes)
+    local_start = starts.astimezone(zone) if starts else None
+    local_end = ends.astimezone(zone) if ends else None
+
+    total = booking.get("total_cents", service.get("price_cents"))
+    currency = booking.get("currency") or service.get("currency")
+    return {
+        "booking": booking,
+        "shop": shop,
+        "staff": _section(raw, "staff"),
+        "service": service,
+        "customer": customer,
+        "payment": payment,
+        "locale": lang,
+        "timezone": getattr(zone, "key", "UTC"),
+        "starts_at": local_start,
+        "ends_at": local_end,
+        "date": format_date(local_start, lang) if local_start else "",
+        "short_date": format_short_date(local_start, lang) if local_start else "",
+        "time": format_time(local_start) if local_start else "",
+        "end_time": format_time(local_end) if local_end else "",
+        "duration": format_duration(duration_minutes),
+        "price": format_money(total, currency, lang),
+        "amount": (
+            format_money(payment.get("amount_cents"), payment.get("currency"), lang)
+            if payment
+            else ""
+        ),
+    }

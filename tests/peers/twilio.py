@@ -1,0 +1,231 @@
+"""A Twilio-shaped HTTP server for tests, driven through the real twilio client.
+
+``TwilioPeer`` runs an aiohttp application on 127.0.0.1 (free port) in its own thread and
+loop, so it keeps answering whatever the test's loop is doing. It serves
+``POST /2010-04-01/Accounts/{sid}/Messages.json`` (201 and a ``SM...`` sid, recording
+To/From/Body/MessagingServiceSid and arrival time) and ``GET /2010-04-01/Accounts/{sid}.json``,
+checks HTTP basic auth, and can be told to answer the next requests with an error
+(400 21211/21610, 401 20003, 429 with Retry-After, 500) or to stall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import BasicAuth, web
+
+from tests.peers.smtp import free_port
+
+ACCOUNT_SID = "AC" + "0" * 31 + "1"
+AUTH_TOKEN = "test-token"
+
+
+@dataclass(frozen=True)
+class ReceivedSms:
+    """One Messages.json POST the server accepted."""
+
+    account_sid: str
+    to: str
+    from_: str | None
+    body: str
+    messaging_service_sid: str | None
+    sid: str
+    monotonic: float
+    wall: float
+
+
+@dataclass
+class _Answer:
+    status: int
+    payload: dict[str, Any] | None
+    headers: dict[str, str]
+    stall: float
+
+
+class TwilioPeer:
+    """Fake Twilio REST API; ``base_url`` goes in ``TWILIO_API_URL``."""
+
+    def __init__(self, account_sid: str = ACCOUNT_SID, auth_token: str = AUTH_TOKEN) -> None:
+        self.account_sid = account_sid
+        self.auth_token = auth_token
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.base_url = f"http://{self.host}:{self.port}"
+        self.lock = threading.Lock()
+        self.requests: list[tuple[str, str]] = []
+        self._messages: list[ReceivedSms] = []
+        self._answers: deque[_Answer] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    @property
+    def messages(self) -> list[ReceivedSms]:
+        with self.lock:
+            return list(self._messages)
+
+    def answer_next(
+        self,
+        status: int,
+        payload: dict[str, Any] | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        count: int = 1,
+        stall: float = 0.0,
+    ) -> None:
+        """Answer the next ``count`` requests with this status and JSON body."""
+        with self.lock:
+            self._answers.extend(
+                _Answer(status, payload, headers or {}, stall) for _ in range(count)
+            )
+
+    def fail_next(
+        self,
+        status: int,
+        *,
+        code: int,
+        message: str | None = None,
+        retry_after: str | None = None,
+        count: int = 1,
+    ) -> None:
+        """Answer with HTTP ``status`` and a Twilio error document carrying ``code``.
+
+        For example ``fail_next(400, code=21610)`` or ``fail_next(429, code=20429,
+        retry_after="30")``.
+        """
+        payload = {
+            "code": code,
+            "message": message or f"Simulated Twilio error {code}",
+            "more_info": f"https://www.twilio.com/docs/errors/{code}",
+            "status": status,
+        }
+        headers = {"Retry-After": retry_after} if retry_after is not None else {}
+        self.answer_next(status, payload, headers=headers, count=count)
+
+    def stall_next(self, seconds: float, *, count: int = 1) -> None:
+        """Wait ``seconds`` before handling the next ``count`` requests normally."""
+        with self.lock:
+            self._answers.extend(_Answer(0, None, {}, seconds) for _ in range(count))
+
+    def start(self) -> TwilioPeer:
+        self._thread = threading.Thread(target=self._serve, name="twilio-peer", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("twilio peer did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._runner is not None:
+            runner = self._runner
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), self._loop).result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        app = web.Application()
+        app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._create_message)
+        app.router.add_get("/2010-04-01/Accounts/{sid}.json", self._fetch_account)
+        self._runner = web.AppRunner(app, access_log=None)
+        loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, self.host, self.port)
+        loop.run_until_complete(site.start())
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    async def _programmed(self, request: web.Request) -> web.Response | None:
+        with self.lock:
+            self.requests.append((request.method, request.path))
+            answer = self._answers.popleft() if self._answers else None
+        if answer is None:
+            return None
+        if answer.stall:
+            await asyncio.sleep(answer.stall)
+        if not answer.status:
+            return None
+        return web.json_response(answer.payload, status=answer.status, headers=answer.headers)
+
+    def _authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        try:
+            auth = BasicAuth.decode(header)
+        except ValueError:
+            return False
+        return (auth.login, auth.password) == (self.account_sid, self.auth_token)
+
+    def _unauthorized(self) -> web.Response:
+        return web.json_response(
+            {
+                "code": 20003,
+                "message": "Authenticate",
+                "more_info": "https://www.twilio.com/docs/errors/20003",
+                "status": 401,
+            },
+            status=401,
+        )
+
+    async def _create_message(self, request: web.Request) -> web.Response:
+        programmed = await self._programmed(request)
+        if programmed is not None:
+            return programmed
+        if not self._authorized(request) or request.match_info["sid"] != self.account_sid:
+            return self._unauthorized()
+        form = await request.post()
+        sid = "SM" + uuid.uuid4().hex
+        received = ReceivedSms(
+            account_sid=request.match_info["sid"],
+            to=str(form.get("To", "")),
+            from_=str(form["From"]) if "From" in form else None,
+            body=str(form.get("Body", "")),
+            messaging_service_sid=(
+                str(form["MessagingServiceSid"]) if "MessagingServiceSid" in form else None
+            ),
+            sid=sid,
+            monotonic=time.monotonic(),
+            wall=time.time(),
+        )
+        with self.lock:
+            self._messages.append(received)
+        return web.json_response(
+            {
+                "sid": sid,
+                "account_sid": received.account_sid,
+                "to": received.to,
+                "from": received.from_,
+                "body": received.body,
+                "messaging_service_sid": received.messaging_service_sid,
+                "status": "queued",
+                "num_segments": "1",
+                "direction": "outbound-api",
+                "api_version": "2010-04-01",
+                "uri": f"/2010-04-01/Accounts/{received.account_sid}/Messages/{sid}.json",
+            },
+            status=201,
+        )
+
+    async def _fetch_account(self, request: web.Request) -> web.Response:
+        programmed = await self._programmed(request)
+        if programmed is not None:
+            return programmed
+        if not self._authorized(request) or request.match_info["sid"] != self.account_sid:
+            return self._unauthorized()
+        return web.json_response(
+            {
+                "sid": self.account_sid,
+                "friendly_name": "pgnotify tests",
+                "status": "active",
+                "type": "Full",
+            }
+        )
