@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from pgnotify import __version__
-from pgnotify.db import connect_sync
+from pgnotify.db import check_dsn, connect_sync
 from pgnotify.errors import DatabaseUnavailable, PgnotifyError, SettingsError
 from pgnotify.migrate import MigrationError, migrate
 from pgnotify.settings import Settings, load_settings
@@ -26,6 +26,17 @@ def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print("database is up to date")
     return 0
+
+
+def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pgnotify import logs
+    from pgnotify.daemon import Daemon
+
+    check_dsn(settings.database_url)
+    logs.configure(settings.log_format, settings.NOTIFICATION_LOG_LEVEL)
+    return asyncio.run(Daemon(settings).run())
 
 
 def _fmt(value: Any) -> str:
@@ -68,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("migrate", help="apply the SQL in sql/ to DATABASE_URL (idempotent)")
     p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser("run", help="run the delivery daemon in the foreground (systemd runs this)")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("status", help="print pgnotify.status: counts by kind, channel, status")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -7,6 +7,7 @@ host, never a traceback, and never the password.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -51,3 +52,24 @@ def connect_sync(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
         raise DatabaseUnavailable(
             f"cannot connect to {describe_dsn(dsn)}: {_one_line(exc)}"
         ) from None
+
+
+def as_url(dsn: str) -> str:
+    """A ``postgresql://`` URL for asyncpg, which does not read libpq keyword strings."""
+    if dsn.startswith(("postgresql://", "postgres://")):
+        return dsn
+    check_dsn(dsn)
+    info = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
+    user = quote(info.pop("user", ""), safe="")
+    password = quote(info.pop("password", ""), safe="")
+    host = info.pop("host", "")
+    port = info.pop("port", "")
+    dbname = quote(info.pop("dbname", ""), safe="")
+    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    netloc = host if "/" not in host else ""
+    if "/" in host:  # a Unix socket directory travels as a query parameter
+        info["host"] = host
+    if port:
+        netloc += f":{port}"
+    query = urlencode(info)
+    return f"postgresql://{auth}{netloc}/{dbname}" + (f"?{query}" if query else "")

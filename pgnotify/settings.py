@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pgnotify.errors import SettingsError
 
-_SECRET_NAMES = ("DATABASE_URL", "SMTP_PASSWORD", "TWILIO_AUTH_TOKEN")
+_SECRET_NAMES = ("DATABASE_URL", "LISTEN_DATABASE_URL", "SMTP_PASSWORD", "TWILIO_AUTH_TOKEN")
 _E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 
 
@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     )
 
     DATABASE_URL: SecretStr = SecretStr("postgresql://localhost/pgnotify")
+    # LISTEN needs a session: behind PgBouncer (transaction mode), point this at the server.
+    LISTEN_DATABASE_URL: SecretStr | None = None
+    # Behind PgBouncer in transaction mode: no server-side prepared statement cache.
+    DATABASE_PGBOUNCER: bool = False
 
     SMTP_SERVER: str | None = None
     SMTP_PORT: int | None = Field(default=None, ge=1, le=65535)
@@ -60,6 +64,7 @@ class Settings(BaseSettings):
     NOTIFICATION_LOG_LEVEL: Literal["debug", "info", "warning", "error"] = "info"
     NOTIFICATION_TEMPLATES_DIR: Path | None = None
     NOTIFICATION_PROBE_INTERVAL: float = Field(default=5.0, gt=0)
+    NOTIFICATION_DB_TIMEOUT: float = Field(default=15.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -135,6 +140,20 @@ class Settings(BaseSettings):
     @property
     def database_url(self) -> str:
         return self.DATABASE_URL.get_secret_value()
+
+    @property
+    def asyncpg_url(self) -> str:
+        from pgnotify.db import as_url
+
+        return as_url(self.database_url)
+
+    @property
+    def listen_database_url(self) -> str:
+        from pgnotify.db import as_url
+
+        if self.LISTEN_DATABASE_URL is not None:
+            return as_url(self.LISTEN_DATABASE_URL.get_secret_value())
+        return self.asyncpg_url
 
     @property
     def smtp_configured(self) -> bool:

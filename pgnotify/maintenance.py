@@ -1,0 +1,92 @@
+"""Small maintenance loops, each with one job and one interval.
+
+- ``rescue_leases``: rows left in ``sending`` by a dead daemon go back to pending.
+- ``purge_retention``: finished rows older than ``NOTIFICATION_RETENTION_DAYS`` go, in
+  small batches, once an hour.
+- ``watchdog``: tells systemd we are alive, but only while the database answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from pgnotify import queries
+from pgnotify.logs import get_logger
+from pgnotify.outcome import one_line
+from pgnotify.runtime import Runtime
+from pgnotify.systemd import SystemdNotifier
+from pgnotify.worker import DB_ERRORS
+
+PURGE_BATCH = 5000
+PURGE_INTERVAL = 3600.0
+
+
+async def _sleep_or_stop(rt: Runtime, seconds: float) -> bool:
+    """Sleep; True if the daemon is stopping."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await rt.stopping.wait()
+    return rt.stopping.is_set()
+
+
+def rescue_interval(lease_seconds: float) -> float:
+    """Look for expired leases a few times per lease, between 0.5 s and 30 s."""
+    return min(30.0, max(0.5, lease_seconds / 4))
+
+
+async def rescue_leases(rt: Runtime) -> None:
+    log = get_logger(component="lease_rescuer")
+    interval = rescue_interval(rt.settings.NOTIFICATION_LEASE_SECONDS)
+    while not await _sleep_or_stop(rt, interval):
+        try:
+            assert rt.pool is not None
+            rows = await rt.pool.fetch(
+                queries.RESCUE_EXPIRED_LEASES, rt.settings.NOTIFICATION_MAX_RETRIES
+            )
+        except DB_ERRORS as exc:
+            log.warning("lease_rescue_failed", error=one_line(str(exc)))
+            continue
+        if rows:
+            log.warning("leases_expired", count=len(rows), ids=[r["id"] for r in rows])
+
+
+async def purge_retention(rt: Runtime) -> None:
+    log = get_logger(component="retention")
+    days = rt.settings.NOTIFICATION_RETENTION_DAYS
+    delay = 60.0  # first run shortly after start, then hourly
+    while not await _sleep_or_stop(rt, delay):
+        delay = PURGE_INTERVAL
+        total = 0
+        try:
+            assert rt.pool is not None
+            while not rt.stopping.is_set():
+                deleted = await rt.pool.fetchval(queries.PURGE_FINISHED, days, PURGE_BATCH)
+                total += int(deleted or 0)
+                if not deleted or deleted < PURGE_BATCH:
+                    break
+                await asyncio.sleep(0.1)  # let other work in between batches
+        except DB_ERRORS as exc:
+            log.warning("purge_failed", error=one_line(str(exc)))
+            delay = 300.0
+        if total:
+            log.info("purged", count=total, older_than_days=days)
+
+
+async def watchdog(rt: Runtime, notifier: SystemdNotifier) -> None:
+    interval = notifier.watchdog_interval or 10.0
+    timeout = max(1.0, interval / 2)
+    while True:
+        try:
+            if rt.pool is None:
+                raise ConnectionError("no connection pool yet")
+            async with asyncio.timeout(timeout):
+                await rt.pool.fetchval(queries.PING)
+            rt.db_ok()
+            if notifier.watchdog_interval:
+                notifier.watchdog()
+        except DB_ERRORS as exc:
+            rt.db_failed()
+            get_logger(component="watchdog").warning("db_unreachable", error=one_line(str(exc)))
+        if await _sleep_or_stop(rt, interval):
+            return

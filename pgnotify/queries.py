@@ -1,0 +1,138 @@
+"""Every statement the daemon runs, named, on one page.
+
+Each is one round trip for a whole batch. Every state change is conditional on the row
+still being ``sending`` and claimed by this daemon (``claimed_by = $daemon``), so a late
+worker can never overwrite a row that another daemon re-claimed after a lease expiry.
+Time is always the database's ``now()``: daemons on other hosts may have skewed clocks.
+"""
+
+from __future__ import annotations
+
+# -- claim_due --
+# Take up to $1 due pending rows in order, mark them ours under a lease, and return each
+# with its rendering context and the send-time re-check (both computed in SQL).
+CLAIM_DUE = """
+with due as (
+    select id
+    from pgnotify.notifications
+    where status = 'pending' and run_at <= now()
+      and channel <> all ($4::text[])
+    order by run_at, id
+    limit $1
+    for update skip locked
+), claimed as (
+    update pgnotify.notifications n
+       set status = 'sending', attempts = n.attempts + 1, claimed_by = $2,
+           lease_until = now() + make_interval(secs => $3), updated_at = now()
+      from due
+     where n.id = due.id
+    returning n.id, n.kind, n.channel, n.recipient, n.booking_id, n.payment_id,
+              n.customer_id, n.attempts, n.run_at, n.occurrence
+)
+select c.id, c.kind, c.channel, c.recipient, c.booking_id, c.payment_id, c.attempts,
+       c.run_at,
+       pgnotify.render_context(c.booking_id, c.payment_id) as context,
+       pgnotify.stale_reason(c.kind, c.occurrence, b.status, b.starts_at) as stale_reason
+from claimed c
+left join booking.bookings b on b.id = c.booking_id
+order by c.run_at, c.id
+"""
+
+# -- record_outcomes --
+# Apply a batch of outcomes. `release` gives the attempt back (configuration errors and
+# shutdown: nothing was tried). `delay` is seconds from now for rows going back to pending.
+RECORD_OUTCOMES = """
+update pgnotify.notifications n
+   set status = u.status,
+       run_at = case when u.delay is null then n.run_at
+                     else now() + make_interval(secs => u.delay) end,
+       attempts = case when u.release then greatest(n.attempts - 1, 0) else n.attempts end,
+       last_error = u.last_error,
+       provider_id = coalesce(u.provider_id, n.provider_id),
+       sent_at = case when u.status = 'sent' then now() else n.sent_at end,
+       lease_until = null,
+       updated_at = now()
+  from unnest($1::bigint[], $2::text[], $3::float8[], $4::text[], $5::text[], $6::bool[])
+       as u (id, status, delay, last_error, provider_id, release)
+ where n.id = u.id and n.status = 'sending' and n.claimed_by = $7
+returning n.id
+"""
+
+# -- deliver_inapp --
+# The in-app channel: insert into the inbox and mark sent in one statement (so exactly
+# once), then NOTIFY pgnotify_inbox once per user so the application can push it live.
+DELIVER_INAPP = """
+with mine as (
+    select n.id, n.customer_id, n.recipient, n.kind, u.title, u.body, u.data
+    from unnest($1::bigint[], $2::text[], $3::text[], $4::jsonb[]) as u (id, title, body, data)
+    join pgnotify.notifications n
+      on n.id = u.id and n.status = 'sending' and n.claimed_by = $5
+), inserted as (
+    insert into pgnotify.inbox (customer_id, user_id, notification_id, kind, title, body, data)
+    select customer_id, recipient::uuid, id, kind, title, body, data from mine
+    on conflict (notification_id) do nothing
+    returning id as inbox_id, notification_id, user_id
+), marked as (
+    update pgnotify.notifications n
+       set status = 'sent', sent_at = now(), provider_id = 'inbox:' || i.inbox_id,
+           last_error = null, lease_until = null, updated_at = now()
+      from inserted i
+     where n.id = i.notification_id
+    returning n.id
+), woken as (
+    select count(pg_notify('pgnotify_inbox', user_id::text)) as n
+    from (select distinct user_id from inserted) d
+)
+select m.id from marked m, woken
+"""
+
+# -- next_run_at --
+# When the scheduler should look again: the earliest pending run_at (partial index).
+NEXT_RUN_AT = """
+select extract(epoch from (min(run_at) - now()))::float8
+from pgnotify.notifications
+where status = 'pending' and channel <> all ($1::text[])
+"""
+
+# -- rescue_expired_leases --
+# Rows a crashed or partitioned daemon left in `sending` go back to pending; a row whose
+# attempts are spent (it may be what crashes daemons) goes to failed instead.
+RESCUE_EXPIRED_LEASES = """
+update pgnotify.notifications
+   set status = case when attempts > $1 then 'failed' else 'pending' end,
+       last_error = 'lease expired while ' || coalesce(claimed_by, 'a daemon')
+                    || ' held it (daemon stopped or lost the database)'
+                    || case when attempts > $1 then '; attempts exhausted' else '' end,
+       run_at = now(), lease_until = null, updated_at = now()
+ where status = 'sending' and lease_until < now()
+returning id
+"""
+
+# -- release_claimed --
+# At shutdown: give back everything this daemon still holds, attempts restored.
+RELEASE_CLAIMED = """
+update pgnotify.notifications
+   set status = 'pending', attempts = greatest(attempts - 1, 0), lease_until = null,
+       run_at = now(), updated_at = now(),
+       last_error = coalesce(last_error, 'released at shutdown before it was sent')
+ where status = 'sending' and claimed_by = $1
+returning id
+"""
+
+# -- record_opt_out --
+# Twilio said the recipient replied STOP: the triggers must queue no more SMS for them.
+RECORD_OPT_OUT = """
+insert into pgnotify.opt_outs (customer_id, channel, reason)
+select customer_id, $2, $3 from pgnotify.notifications
+where id = $1 and customer_id is not null
+on conflict do nothing
+"""
+
+# -- purge_finished --
+PURGE_FINISHED = "select pgnotify.purge(make_interval(days => $1), $2)"
+
+# -- ping --
+PING = "select 1"
+
+# -- is_listening --
+IS_LISTENING = "select $1 = any (array(select pg_listening_channels()))"

@@ -1,0 +1,132 @@
+"""Run real daemons for tests: in-process (a task on the test loop) or as subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from pgnotify.daemon import Daemon
+from pgnotify.settings import Settings
+
+FAST = {
+    "NOTIFICATION_POLL_INTERVAL": 60.0,
+    "NOTIFICATION_RETRY_DELAYS": (0.3, 0.6, 0.9),
+    "NOTIFICATION_SEND_TIMEOUT": 2.0,
+    "NOTIFICATION_LEASE_SECONDS": 4.0,
+    "NOTIFICATION_SHUTDOWN_GRACE": 5.0,
+    "NOTIFICATION_PROBE_INTERVAL": 0.5,
+    "NOTIFICATION_DB_TIMEOUT": 3.0,
+    "NOTIFICATION_HEALTH_ADDR": "127.0.0.1:0",
+    "NOTIFICATION_LOG_FORMAT": "json",
+}
+
+
+def make_settings(database_url: str, outbox: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        **FAST,
+        "DATABASE_URL": database_url,
+        "NOTIFICATION_OUTBOX_DIR": outbox,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Daemon]:
+    """A daemon on the test's loop, ready (listening) when the block starts."""
+    daemon = Daemon(settings)
+    task = asyncio.create_task(daemon.run(install_signals=False))
+    deadline = time.monotonic() + 15
+    while not daemon.listener.connected and not task.done():
+        assert time.monotonic() < deadline, "daemon did not start listening"
+        await asyncio.sleep(0.01)
+    if task.done():
+        task.result()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def wait_until(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02
+) -> Any:
+    """Poll an async or sync predicate until it returns a truthy value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+        await asyncio.sleep(interval)
+
+
+async def count(dsn: str, where: str = "true", params: tuple[Any, ...] = ()) -> int:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            f"select count(*) from pgnotify.notifications where {where}",
+            params,
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+def daemon_env(settings_env: dict[str, str]) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("NOTIFICATION_", "SMTP_", "TWILIO_"))
+    }
+    env.update({k: str(v) for k, v in settings_env.items()})
+    return env
+
+
+def spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``pgnotify run`` as a real process (for signals and kill -9)."""
+    out = log.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "pgnotify.cli", "run"],
+        env=daemon_env(env),
+        stdout=out,
+        stderr=out,
+        cwd=log.parent,
+    )
+
+
+def env_for(database_url: str, outbox: Path, **overrides: Any) -> dict[str, str]:
+    values = {**FAST, "DATABASE_URL": database_url, "NOTIFICATION_OUTBOX_DIR": outbox, **overrides}
+    out = {}
+    for k, v in values.items():
+        out[k] = ",".join(str(x) for x in v) if isinstance(v, tuple) else str(v)
+    return out
+
+
+async def next_notify(conn: psycopg.AsyncConnection[Any], timeout: float) -> psycopg.Notify:
+    """The next NOTIFY on a listening connection; the generator is closed either way."""
+    async with contextlib.aclosing(conn.notifies(timeout=timeout, stop_after=1)) as gen:
+        async for note in gen:
+            return note
+    raise AssertionError(f"no notification within {timeout}s")
+
+
+async def count_reaches(dsn: str, n: int, where: str, timeout: float = 10.0) -> None:
+    """Wait until exactly ``n`` notifications match ``where``."""
+
+    async def reached() -> bool:
+        return await count(dsn, where) == n
+
+    await wait_until(reached, timeout=timeout)
