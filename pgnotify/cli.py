@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from pgnotify import __version__
+from pgnotify import __version__, queries
 from pgnotify.db import check_dsn, connect_sync
 from pgnotify.errors import DatabaseUnavailable, PgnotifyError, SettingsError
 from pgnotify.migrate import MigrationError, migrate
+from pgnotify.model import CHANNELS, KINDS
 from pgnotify.settings import Settings, load_settings
 
 EXIT_USAGE = 2
@@ -59,7 +61,7 @@ def _print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     with connect_sync(settings.database_url) as conn:
-        cur = conn.execute("select * from pgnotify.status")
+        cur = conn.execute(queries.STATUS)
         columns = [d.name for d in cur.description or []]
         rows = cur.fetchall()
     if args.json:
@@ -67,6 +69,69 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     else:
         _print_table(columns, rows)
     return 0
+
+
+def _cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
+    with connect_sync(settings.database_url, autocommit=True) as conn:
+        if args.all_failed:
+            rows = conn.execute(queries.RETRY_ALL_FAILED, {"kind": args.kind}).fetchall()
+            done = [r[0] for r in rows if r[1]]
+            print(f"re-queued {len(done)} failed notification(s)" + (f": {done}" if done else ""))
+            return 0
+        row = conn.execute(queries.RETRY_ONE, (args.id,)).fetchone()
+    if row and row[0]:
+        print(f"re-queued notification {args.id}")
+        return 0
+    print(
+        f"pgnotify: notification {args.id} is not failed or skipped (or does not exist)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _cmd_render(settings: Settings, args: argparse.Namespace) -> int:
+    from pgnotify.compose import render_preview
+
+    with connect_sync(settings.database_url) as conn:
+        conn.execute("set timezone = 'UTC'")
+        row = conn.execute(
+            queries.PREVIEW_CONTEXT,
+            {"booking_id": args.booking, "with_payment": args.kind.startswith("payment_")},
+        ).fetchone()
+    if row is None or row[0] is None:
+        print(f"pgnotify: booking {args.booking} not found", file=sys.stderr)
+        return 1
+    print(
+        render_preview(settings, args.kind, row[0], channel=args.channel, locale=args.locale),
+        end="",
+    )
+    return 0
+
+
+def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pgnotify.checks import run_checks
+
+    lines = asyncio.run(run_checks(settings))
+    for line in lines:
+        print(line)
+    return 1 if any(line.startswith("FAIL") for line in lines) else 0
+
+
+def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from pgnotify.demo import insert_demo
+
+    with connect_sync(settings.database_url, autocommit=True) as conn:
+        print(insert_demo(conn, fast=args.fast))
+    return 0
+
+
+def _uuid(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a uuid: {value!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +151,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="print pgnotify.status: counts by kind, channel, status")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser(
+        "check", help="check settings, database, SMTP and Twilio: one OK/FAIL line each"
+    )
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("render", help="preview what a kind would send for a booking")
+    p.add_argument("kind", choices=KINDS)
+    p.add_argument("--booking", required=True, type=_uuid, help="booking id")
+    p.add_argument("--channel", choices=CHANNELS, help="only this channel")
+    p.add_argument("--locale", help="force a language (en, es)")
+    p.set_defaults(func=_cmd_render)
+
+    p = sub.add_parser("retry", help="put failed notifications back in the queue, due now")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("id", nargs="?", type=int, help="a notification id")
+    target.add_argument("--all-failed", action="store_true", help="every failed notification")
+    p.add_argument("--kind", choices=KINDS, help="with --all-failed: only this kind")
+    p.set_defaults(func=_cmd_retry)
+
+    p = sub.add_parser("demo", help="insert a demo shop, customer, booking and payment")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="book 25 s ahead with reminders 24 s and 2 s before (demos only)",
+    )
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

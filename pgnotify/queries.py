@@ -136,3 +136,33 @@ PING = "select 1"
 
 # -- is_listening --
 IS_LISTENING = "select $1 = any (array(select pg_listening_channels()))"
+
+
+# ---------------------------------------------------------------------------------------
+# The CLI's statements (psycopg: %s placeholders).
+
+# -- status_table --
+STATUS = "select * from pgnotify.status"
+
+# -- applied_migrations --
+APPLIED_MIGRATIONS = "select version from pgnotify.schema_migrations order by version"
+
+# -- retry_one --
+RETRY_ONE = "select pgnotify.retry(%s)"
+
+# -- retry_all_failed --
+# Every dead letter (optionally of one kind), each through pgnotify.retry.
+RETRY_ALL_FAILED = """
+select id, pgnotify.retry(id) from pgnotify.notifications
+where status = 'failed' and (%(kind)s::text is null or kind = %(kind)s)
+order by id
+"""
+
+# -- preview_context --
+# The raw rendering context of a booking (with its latest payment for payment kinds).
+PREVIEW_CONTEXT = """
+select pgnotify.render_context(b.id, case when %(with_payment)s then (
+           select p.id from booking.payments p where p.booking_id = b.id
+           order by p.updated_at desc, p.created_at desc limit 1) end)
+from booking.bookings b where b.id = %(booking_id)s
+"""

@@ -1,0 +1,86 @@
+"""``pgnotify check``: can this configuration work? One OK/FAIL line per dependency."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+
+from pgnotify import queries
+from pgnotify.channels.email import SmtpChannel
+from pgnotify.channels.sms import TwilioChannel
+from pgnotify.db import connect_sync, describe_dsn
+from pgnotify.errors import PgnotifyError
+from pgnotify.migrate import discover
+from pgnotify.settings import Settings
+from pgnotify.templates import TemplateRenderer
+
+
+def check_database(settings: Settings) -> str:
+    where = describe_dsn(settings.database_url)
+    try:
+        with connect_sync(settings.database_url, connect_timeout=5) as conn:
+            version = conn.execute("show server_version").fetchone()
+            try:
+                applied = {r[0] for r in conn.execute(queries.APPLIED_MIGRATIONS)}
+            except Exception:
+                applied = set()
+    except PgnotifyError as exc:
+        return f"FAIL database: {exc}"
+    wanted = [m.version for m in discover()]
+    missing = [v for v in wanted if v not in applied]
+    pg = f"PostgreSQL {version[0] if version else '?'}"
+    if missing:
+        return (
+            f"FAIL database {where}: {pg}, not migrated (missing {', '.join(missing)}):"
+            " run pgnotify migrate"
+        )
+    return f"OK database {where}: {pg}, migrated ({len(wanted)} migrations)"
+
+
+def check_outbox(settings: Settings, channel: str, unset: str) -> str:
+    directory = settings.NOTIFICATION_OUTBOX_DIR
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".check-"):
+            pass
+    except OSError as exc:
+        return (
+            f"FAIL {channel}: outbox mode ({unset} unset) but {directory} is not writable:"
+            f" {exc.strerror}"
+        )
+    return f"OK {channel}: outbox mode ({unset} unset), writing to {directory.resolve()}"
+
+
+def check_templates(settings: Settings) -> str:
+    try:
+        compiled = TemplateRenderer.from_settings(settings).compile_all()
+    except PgnotifyError as exc:
+        return f"FAIL templates: {exc}"
+    return f"OK templates: {len(compiled)} compiled"
+
+
+async def run_checks(settings: Settings) -> list[str]:
+    """Every check, in order; none stops the others."""
+    lines = ["OK settings: valid"]
+    lines.append(await asyncio.to_thread(check_database, settings))
+    lines.append(check_templates(settings))
+    if settings.smtp_configured:
+        smtp = SmtpChannel(settings)
+        try:
+            lines.append(await smtp.check())
+        finally:
+            with contextlib.suppress(Exception):
+                await smtp.aclose()
+    else:
+        lines.append(check_outbox(settings, "email", "SMTP_SERVER"))
+    if settings.twilio_configured:
+        twilio = TwilioChannel(settings)
+        try:
+            lines.append(await twilio.check())
+        finally:
+            with contextlib.suppress(Exception):
+                await twilio.aclose()
+    else:
+        lines.append(check_outbox(settings, "sms", "TWILIO_ACCOUNT_SID"))
+    return lines
