@@ -49,6 +49,9 @@ migrate: $(STAMP) ## apply sql/ to DATABASE_URL
 bench: $(STAMP) ## measure trigger overhead, drain rate, latency and memory (not part of test)
 	$(BIN)/python -m benchmarks.bench
 
+soak: $(STAMP) ## 10 minutes of traffic with random faults; prints sent/failed/duplicates/lost/RSS
+	$(BIN)/python -m benchmarks.soak --minutes $${SOAK_MINUTES:-10}
+
 install-systemd: ## install the unit and an example env file (as root; see README)
 	install -d -m 0755 /etc/pgnotify /etc/pgnotify/credentials
 	install -m 0644 systemd/pgnotify.service /etc/systemd/system/pgnotify.service
@@ -61,4 +64,4 @@ install-systemd: ## install the unit and an example env file (as root; see READM
 clean: ## remove the virtualenv and caches (not .pgdata/, the local cluster)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
-.PHONY: help install test lint format run demo migrate bench install-systemd clean
+.PHONY: help install test lint format run demo migrate bench soak install-systemd clean
