@@ -75,14 +75,18 @@ class LocalCluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        proc = subprocess.run(
             list(args),
             user=self.user,
-            check=check,
+            check=False,
             capture_output=True,
             text=True,
             cwd=self.base,
         )
+        if check and proc.returncode != 0:
+            detail = " ".join((proc.stderr or proc.stdout).split())[-500:]
+            raise RuntimeError(f"{Path(args[0]).name} failed ({proc.returncode}): {detail}")
+        return proc
 
     @property
     def initialised(self) -> bool:
