@@ -28,6 +28,10 @@ from pgnotify.wakeup import Doorbell
 DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # asyncpg raises this when a connection the server terminated mid-operation is used
+    # or reset again ("cannot switch to state 15; another operation (2) is in progress",
+    # MagicStack/asyncpg#784): a lost connection like any other, never a reason to die.
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
 )

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from email.parser import BytesParser
+from email.policy import compat32
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ import psycopg
 
 from pgnotify.daemon import Daemon
 from pgnotify.settings import Settings
+from tests.factories import make_booking, make_world
 
 FAST = {
     "NOTIFICATION_POLL_INTERVAL": 60.0,
@@ -130,3 +135,72 @@ async def count_reaches(dsn: str, n: int, where: str, timeout: float = 10.0) -> 
         return await count(dsn, where) == n
 
     await wait_until(reached, timeout=timeout)
+
+
+def queue_burst(
+    conn: psycopg.Connection[Any],
+    booking_id: Any,
+    n: int,
+    channels: tuple[str, ...] = ("email",),
+) -> list[int]:
+    """Queue ``n`` manual ``booking_confirmed`` notifications per channel, in one statement.
+
+    They go through ``pgnotify.enqueue`` (the function the triggers use), each its own
+    occurrence, due now; returns the new ids.
+    """
+    rows = conn.execute(
+        "select pgnotify.enqueue(array(select row(%s, null, 'booking_confirmed',"
+        " 'burst:' || gen_random_uuid(), now())::pgnotify.event"
+        " from generate_series(1, %s)), %s, true)",
+        (booking_id, n, list(channels)),
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+async def get_health(port: int, timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
+    """``GET /health`` on 127.0.0.1: the status code and the JSON body."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            raw = await reader.read()
+        finally:
+            writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+async def health_becomes(port: int, status: int, timeout: float = 15.0) -> dict[str, Any]:
+    """Wait until the health socket answers ``status``; returns that answer's body."""
+
+    async def answered() -> dict[str, Any] | None:
+        try:
+            code, body = await get_health(port)
+        except (OSError, TimeoutError, ValueError, IndexError):
+            return None
+        return body if code == status else None
+
+    body: dict[str, Any] = await wait_until(answered, timeout=timeout, interval=0.05)
+    return body
+
+
+def message_id_counts(messages: list[Any]) -> Counter[str]:
+    """How many times the SMTP peer received each Message-ID."""
+    parser = BytesParser(policy=compat32)
+    return Counter(str(parser.parsebytes(m.data, headersonly=True)["Message-ID"]) for m in messages)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Make sure a spawned daemon is gone (a test that failed half-way may leave one)."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+
+
+def quiet_booking(conn: psycopg.Connection[Any], **world: Any) -> Any:
+    """A booking whose own automatic notifications are out of the way (cancelled)."""
+    booking = make_booking(conn, make_world(conn, **world))
+    conn.execute(
+        "update pgnotify.notifications set status = 'cancelled' where booking_id = %s", (booking,)
+    )
+    return booking

@@ -202,7 +202,7 @@ async def test_hostile_data_through_a_running_daemon_reaches_smtp_safely(
             timeout=20,
         )
     received = smtp_server.messages
-    assert len(received) >= len(NASTY) - 2, 'hostile names still get their email'
+    assert len(received) >= len(NASTY) - 2, "hostile names still get their email"
     for mail in received:
         assert len(mail.rcpt_tos) == 1
         check_email(None, mail.data, mail.rcpt_tos[0])  # type: ignore[arg-type]
