@@ -22,6 +22,7 @@ from pgnotify.context import build_context
 from pgnotify.errors import DeliveryError, PermanentError, SkipNotification
 from pgnotify.ics import ICS_METHODS, build_ics
 from pgnotify.model import CHANNELS, ClaimedNotification
+from pgnotify.outcome import classify
 from pgnotify.segments import count_segments, fold_to_gsm7
 from pgnotify.settings import Settings
 from pgnotify.templates import TemplateRenderer
@@ -99,6 +100,10 @@ class Composer:
                 out.append(self.compose(n, context=ctx))
             except DeliveryError as exc:
                 out.append(exc)
+            except Exception as exc:
+                # A bug (or data we did not foresee) costs this notification an attempt,
+                # never the batch or the worker.
+                out.append(classify(exc))
         return out
 
     def _render(self, kind: str, part: str, ctx: Mapping[str, Any]) -> str:

@@ -49,6 +49,8 @@ class Daemon:
     def __init__(self, settings: Settings, *, daemon_id: str | None = None) -> None:
         self.settings = settings
         renderer = TemplateRenderer.from_settings(settings)
+        # A broken default template fails the start, loudly, not every notification.
+        renderer.compile_all()
         self.rt = Runtime(
             settings=settings,
             daemon_id=daemon_id or make_daemon_id(),
@@ -65,6 +67,7 @@ class Daemon:
         self.notifier = SystemdNotifier()
         self.health: HealthServer | None = None
         self.started_at = time.time()
+        self.exit_code = 0
         self._signals = 0
 
     # -- health -------------------------------------------------------------------------
@@ -177,7 +180,7 @@ class Daemon:
                 return 0
             rt.db_ok()
             tasks = await self._start_tasks()
-            await rt.stopping.wait()
+            await self._supervise(tasks)
             await self._shutdown(tasks)
         finally:
             if self.health is not None:
@@ -185,8 +188,35 @@ class Daemon:
             for ch in rt.channels.values():
                 with contextlib.suppress(Exception):
                     await ch.aclose()
-        self.log.info("stopped", sent=rt.stats.sent)
-        return 0
+        self.log.info("stopped", sent=rt.stats.sent, exit_code=self.exit_code)
+        return self.exit_code
+
+    async def _supervise(self, tasks: dict[str, list[asyncio.Task[None]]]) -> None:
+        """Wait for a stop request; a core loop that dies stops the daemon with exit 1.
+
+        Every loop catches the errors it expects, so a loop that ends is a bug. Delivering
+        with a dead scheduler or no workers would look healthy while sending nothing:
+        better to exit non-zero and let systemd restart us (leases give the rows back).
+        """
+        stopping = asyncio.create_task(self.rt.stopping.wait(), name="stop-request")
+        core = [*tasks["workers"], *tasks["background"]]
+        try:
+            done, _ = await asyncio.wait([stopping, *core], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        died = [t for t in done if t is not stopping]
+        if died and not self.rt.stopping.is_set():
+            for task in died:
+                exc = None if task.cancelled() else task.exception()
+                self.log.critical(
+                    "task_died",
+                    task=task.get_name(),
+                    error=one_line(f"{type(exc).__name__}: {exc}") if exc else "returned",
+                    exc_info=exc,
+                )
+            self.exit_code = 1
+            self.notifier.status("a core task died; stopping")
+            self.stop()
 
     async def _start_tasks(self) -> dict[str, list[asyncio.Task[None]]]:
         rt, s = self.rt, self.settings

@@ -103,7 +103,10 @@ class Worker:
         rt.db_ok()
         self._db_failures = 0
         rt.stats.last_claim_at = time.time()
-        return [to_claimed(r) for r in rows]
+        batch = [to_claimed(r) for r in rows]
+        if batch:
+            self.log.debug("claimed", count=len(batch), ids=[n.id for n in batch])
+        return batch
 
     async def process(self, batch: Sequence[ClaimedNotification]) -> None:
         """Compose, send and record one claimed batch."""
