@@ -13,10 +13,9 @@ import contextlib
 
 from pgnotify import queries
 from pgnotify.logs import get_logger
-from pgnotify.outcome import one_line
 from pgnotify.runtime import Runtime
 from pgnotify.systemd import SystemdNotifier
-from pgnotify.worker import DB_ERRORS
+from pgnotify.worker import DB_ERRORS, db_error
 
 PURGE_BATCH = 5000
 PURGE_INTERVAL = 3600.0
@@ -45,7 +44,7 @@ async def rescue_leases(rt: Runtime) -> None:
                 queries.RESCUE_EXPIRED_LEASES, rt.settings.NOTIFICATION_MAX_RETRIES
             )
         except DB_ERRORS as exc:
-            log.warning("lease_rescue_failed", error=one_line(str(exc)))
+            log.warning("lease_rescue_failed", error=db_error(exc))
             continue
         if rows:
             log.warning("leases_expired", count=len(rows), ids=[r["id"] for r in rows])
@@ -67,7 +66,7 @@ async def purge_retention(rt: Runtime) -> None:
                     break
                 await asyncio.sleep(0.1)  # let other work in between batches
         except DB_ERRORS as exc:
-            log.warning("purge_failed", error=one_line(str(exc)))
+            log.warning("purge_failed", error=db_error(exc))
             delay = 300.0
         if total:
             log.info("purged", count=total, older_than_days=days)
@@ -87,6 +86,6 @@ async def watchdog(rt: Runtime, notifier: SystemdNotifier) -> None:
                 notifier.watchdog()
         except DB_ERRORS as exc:
             rt.db_failed()
-            get_logger(component="watchdog").warning("db_unreachable", error=one_line(str(exc)))
+            get_logger(component="watchdog").warning("db_unreachable", error=db_error(exc))
         if await _sleep_or_stop(rt, interval):
             return

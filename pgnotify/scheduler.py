@@ -12,10 +12,9 @@ import contextlib
 
 from pgnotify import queries
 from pgnotify.logs import get_logger
-from pgnotify.outcome import one_line
 from pgnotify.runtime import Runtime
 from pgnotify.wakeup import Doorbell
-from pgnotify.worker import DB_ERRORS
+from pgnotify.worker import DB_ERRORS, db_error
 
 # When due rows exist but the workers found none free (another daemon is claiming them,
 # or a transaction holds their locks), look again soon rather than at the next poll.
@@ -53,6 +52,6 @@ class Scheduler:
                 )
             except DB_ERRORS as exc:
                 rt.db_failed()
-                self.log.warning("schedule_read_failed", error=one_line(str(exc)))
+                self.log.warning("schedule_read_failed", error=db_error(exc))
             with contextlib.suppress(Exception):
                 await Doorbell.wait(token, wait)

@@ -37,6 +37,16 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def db_error(exc: BaseException) -> str:
+    """A database error as one log line: its class, and its message when it has one.
+
+    Timeouts (asyncio's, and asyncpg's ``command_timeout``) carry no message, so
+    ``str(exc)`` alone would log an empty error exactly when the database hangs.
+    """
+    text = one_line(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def to_claimed(row: asyncpg.Record) -> ClaimedNotification:
     return ClaimedNotification(
         id=row["id"],
@@ -82,9 +92,7 @@ class Worker:
         self.rt.db_failed()
         self._db_failures += 1
         delay = backoff(self._db_failures, 0.1, 5.0)
-        self.log.warning(
-            event, error=one_line(f"{type(exc).__name__}: {exc}"), retry_in=round(delay, 2)
-        )
+        self.log.warning(event, error=db_error(exc), retry_in=round(delay, 2))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self.rt.stopping.wait()
@@ -148,7 +156,7 @@ class Worker:
                 delivered = await rt.inapp.deliver(rt.pool, rt.daemon_id, inapp)
             except DB_ERRORS as exc:
                 for n, _ in inapp:
-                    results[n.id] = TransientError(f"inbox write failed: {exc}")
+                    results[n.id] = TransientError(f"inbox write failed: {db_error(exc)}")
         if sends:
             await asyncio.gather(*sends)
         return delivered
@@ -233,7 +241,7 @@ class Worker:
                     self.log.error(
                         "outcomes_lost",
                         ids=[o.id for o in outcomes],
-                        error=one_line(str(exc)),
+                        error=db_error(exc),
                         note="rows return to pending when their lease expires",
                     )
                     return
@@ -242,7 +250,7 @@ class Worker:
                 self.log.warning(
                     "record_failed",
                     count=len(outcomes),
-                    error=one_line(f"{type(exc).__name__}: {exc}"),
+                    error=db_error(exc),
                     retry_in=round(delay, 2),
                 )
                 await asyncio.sleep(delay)

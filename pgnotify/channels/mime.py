@@ -22,9 +22,10 @@ from pgnotify.errors import PermanentError
 # anything else (leading/trailing/double spaces, tabs, controls, non-ASCII, something that
 # looks like an encoded word) is encoded, so the receiver decodes exactly what we meant.
 _PLAIN = re.compile(r"[!-~]+(?: [!-~]+)*")
-# Blanks and the other C0 controls (CR, LF and NUL are refused outright): readers show
-# them as one space in a display name, so that is what we send.
-_BLANKS = re.compile(r"[ \t\x01-\x08\x0b\x0c\x0e-\x1f\x7f]+")
+# Unicode whitespace and C0/C1 controls (CR, LF and NUL are refused outright): parsers
+# show a run of them as one space in a display name, or cut the name at them, so a run
+# of them is sent as one space.
+_BLANKS = re.compile(r"[\s\x01-\x08\x0e-\x1f\x7f-\x9f]+")
 _FORBIDDEN = re.compile(r"[\r\n\x00]")
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _ADDRESS = re.compile(

@@ -3,12 +3,16 @@
 One ``<notification-id>.eml`` per email (openable in any mail client; a retry rewrites
 the same file, so the outbox holds one file per notification) and one JSON line per SMS
 in ``sms.jsonl``. A full disk or an unwritable folder is a ``TransientError`` (the row
-retries), never a crash. File I/O runs in a thread so a slow disk never stalls the loop.
+retries), never a crash, and never leaves part of a file or of a line behind. File I/O
+runs in a thread so a slow disk never stalls the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import tempfile
@@ -23,12 +27,22 @@ from pgnotify.settings import Settings
 
 
 def _outbox_error(path: Path, exc: OSError) -> TransientError:
-    return TransientError(f"outbox {path}: {exc.strerror or exc} (errno {exc.errno})")
+    # Name the path that failed when it is not the file itself (a folder in the way).
+    where = f": {exc.filename}" if exc.filename and str(exc.filename) != str(path) else ""
+    return TransientError(f"outbox {path}: {exc.strerror or exc}{where} (errno {exc.errno})")
+
+
+def _make_directory(directory: Path) -> None:
+    """``mkdir -p``; a file in the folder's place is ENOTDIR, not mkdir's baffling EEXIST."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory)) from exc
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
     """Write to a temp file in the same folder, then rename: never half a file visible."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_directory(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".eml", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -40,10 +54,29 @@ def _write_atomically(target: Path, data: bytes) -> None:
 
 
 def _append_line(path: Path, line: str) -> None:
-    """One write() on a file opened with O_APPEND: concurrent writers never interleave."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(line + "\n")
+    """Append one whole line, or nothing: never a fragment that the retry would extend.
+
+    A nearly full disk takes part of a write before ENOSPC; the file is then cut back to
+    where it ended, or the retried line would be glued to that fragment and unreadable.
+    The exclusive lock keeps concurrent writers (sends of one batch run in parallel
+    threads, or two daemons share a folder) out of each other's lines and cut-backs.
+    """
+    data = (line + "\n").encode("utf-8")
+    _make_directory(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        end = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+        except OSError:
+            with contextlib.suppress(OSError):  # a device such as /dev/full cannot be cut
+                os.ftruncate(fd, end)
+            raise
+    finally:
+        os.close(fd)  # also releases the lock
 
 
 class OutboxEmailChannel:

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from email.parser import BytesParser
 from email.policy import compat32
 from pathlib import Path
@@ -22,6 +23,8 @@ import psycopg
 from pgnotify.daemon import Daemon
 from pgnotify.settings import Settings
 from tests.factories import make_booking, make_world
+from tests.peers.smtp import SmtpPeer
+from tests.peers.twilio import TwilioPeer
 
 FAST = {
     "NOTIFICATION_POLL_INTERVAL": 60.0,
@@ -34,6 +37,21 @@ FAST = {
     "NOTIFICATION_HEALTH_ADDR": "127.0.0.1:0",
     "NOTIFICATION_LOG_FORMAT": "json",
 }
+
+
+def smtp_settings(peer: SmtpPeer) -> dict[str, Any]:
+    """Settings that send email to a test SMTP peer (plain SMTP, no AUTH)."""
+    return {"SMTP_SERVER": peer.host, "SMTP_PORT": peer.port, "SMTP_SECURITY": "none"}
+
+
+def twilio_settings(peer: TwilioPeer) -> dict[str, Any]:
+    """Settings that send SMS to a test Twilio-shaped peer."""
+    return {
+        "TWILIO_ACCOUNT_SID": peer.account_sid,
+        "TWILIO_AUTH_TOKEN": peer.auth_token,
+        "TWILIO_PHONE_NUMBER": "+15550001111",
+        "TWILIO_API_URL": peer.base_url,
+    }
 
 
 def make_settings(database_url: str, outbox: Path, **overrides: Any) -> Settings:
@@ -188,6 +206,22 @@ def message_id_counts(messages: list[Any]) -> Counter[str]:
     """How many times the SMTP peer received each Message-ID."""
     parser = BytesParser(policy=compat32)
     return Counter(str(parser.parsebytes(m.data, headersonly=True)["Message-ID"]) for m in messages)
+
+
+def logged(log: Path, event: str | None = None) -> list[dict[str, Any]]:
+    """The JSON log lines of a spawned daemon (those of one ``event``), in order."""
+    found = []
+    for line in log.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and event in (None, entry.get("event")):
+                found.append(entry)
+    return found
+
+
+def logged_at(entry: dict[str, Any]) -> float:
+    """The wall-clock time (``time.time()`` scale) of a JSON log line."""
+    return datetime.fromisoformat(entry["timestamp"]).timestamp()
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:

@@ -17,6 +17,8 @@ from tests.daemon.harness import (
     make_settings,
     next_notify,
     running,
+    smtp_settings,
+    twilio_settings,
     wait_until,
 )
 from tests.factories import make_booking, make_world
@@ -24,19 +26,6 @@ from tests.peers.smtp import SmtpPeer
 from tests.peers.twilio import TwilioPeer
 
 Conn = psycopg.Connection[Any]
-
-
-def smtp_settings(peer: SmtpPeer) -> dict[str, Any]:
-    return {"SMTP_SERVER": peer.host, "SMTP_PORT": peer.port, "SMTP_SECURITY": "none"}
-
-
-def twilio_settings(peer: TwilioPeer) -> dict[str, Any]:
-    return {
-        "TWILIO_ACCOUNT_SID": peer.account_sid,
-        "TWILIO_AUTH_TOKEN": peer.auth_token,
-        "TWILIO_PHONE_NUMBER": "+15550001111",
-        "TWILIO_API_URL": peer.base_url,
-    }
 
 
 async def test_a_due_row_is_delivered_well_under_a_second_after_commit(

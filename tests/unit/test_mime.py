@@ -6,7 +6,6 @@ field must come back exactly as given, with no extra header and no extra recipie
 
 from __future__ import annotations
 
-import re
 import time
 from email.message import EmailMessage as StdMessage
 from email.parser import BytesParser
