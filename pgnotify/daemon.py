@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -23,6 +22,7 @@ import asyncpg
 from pgnotify import queries
 from pgnotify.channels.registry import build_channels
 from pgnotify.compose import Composer
+from pgnotify.db import init_connection
 from pgnotify.health import HealthServer
 from pgnotify.listener import Listener
 from pgnotify.logs import get_logger
@@ -39,10 +39,6 @@ from pgnotify.worker import DB_ERRORS, Worker
 def make_daemon_id() -> str:
     """Who holds a claim: readable in ``claimed_by`` (host, pid) and unique per start."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
 class Daemon:
@@ -120,11 +116,19 @@ class Daemon:
                     s.asyncpg_url,
                     min_size=1,
                     max_size=s.NOTIFICATION_WORKERS + 3,
-                    init=_init_connection,
+                    init=init_connection,
                     command_timeout=s.NOTIFICATION_DB_TIMEOUT,
                     timeout=s.NOTIFICATION_DB_TIMEOUT,
                     statement_cache_size=0 if s.DATABASE_PGBOUNCER else 100,
-                    server_settings={"application_name": "pgnotify", "timezone": "UTC"},
+                    server_settings={
+                        "application_name": "pgnotify",
+                        "timezone": "UTC",
+                        # asyncpg prepares every statement; after five runs Postgres may
+                        # switch to a generic plan, and the claim's generic plan scans
+                        # the whole queue (measured: 11.6 ms against 1.4 ms). Our
+                        # statements are few and cheap to plan: always plan for the values.
+                        "plan_cache_mode": "force_custom_plan",
+                    },
                 )
                 return pool
             except DB_ERRORS as exc:

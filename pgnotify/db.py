@@ -6,9 +6,11 @@ host, never a traceback, and never the password.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import asyncpg
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
@@ -73,3 +75,9 @@ def as_url(dsn: str) -> str:
         netloc += f":{port}"
     query = urlencode(info)
     return f"postgresql://{auth}{netloc}/{dbname}" + (f"?{query}" if query else "")
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Set up an asyncpg connection of the daemon: JSON columns arrive as Python values."""
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 # -- claim_due --
 # Take up to $1 due pending rows in order, mark them ours under a lease, and return each
-# with its rendering context and the send-time re-check (both computed in SQL).
+# with its rendering context and the send-time re-check (both computed in SQL, for the
+# whole batch at once: pgnotify.render_contexts is inlined here).
 CLAIM_DUE = """
 with due as (
     select id
@@ -27,14 +28,18 @@ with due as (
       from due
      where n.id = due.id
     returning n.id, n.kind, n.channel, n.recipient, n.booking_id, n.payment_id,
-              n.customer_id, n.attempts, n.run_at, n.occurrence
+              n.attempts, n.run_at, n.occurrence
+), contexts as (
+    select * from pgnotify.render_contexts(array(select booking_id from claimed),
+                                           array(select payment_id from claimed))
 )
 select c.id, c.kind, c.channel, c.recipient, c.booking_id, c.payment_id, c.attempts,
-       c.run_at,
-       pgnotify.render_context(c.booking_id, c.payment_id) as context,
-       pgnotify.stale_reason(c.kind, c.occurrence, b.status, b.starts_at) as stale_reason
+       c.run_at, x.context,
+       pgnotify.stale_reason(c.kind, c.occurrence, x.booking_status, x.starts_at)
+           as stale_reason
 from claimed c
-left join booking.bookings b on b.id = c.booking_id
+left join contexts x
+       on x.booking_id = c.booking_id and x.payment_id is not distinct from c.payment_id
 order by c.run_at, c.id
 """
 

@@ -8,7 +8,6 @@ unescaped, or escape as anything but a classified error for that one notificatio
 
 from __future__ import annotations
 
-import json
 import re
 from email.parser import BytesParser
 from email.policy import default as default_policy
@@ -24,7 +23,7 @@ from pgnotify import queries
 from pgnotify.channels.base import EmailMessage, InappMessage, SmsMessage
 from pgnotify.channels.mime import build_mime
 from pgnotify.compose import Composer
-from pgnotify.db import as_url
+from pgnotify.db import as_url, init_connection
 from pgnotify.errors import DeliveryError
 from pgnotify.templates import TemplateRenderer
 from pgnotify.worker import to_claimed
@@ -73,9 +72,7 @@ CLAIM_ALL = queries.CLAIM_DUE
 async def claim_everything(dsn: str, limit: int = 100) -> list[Any]:
     conn = await asyncpg.connect(as_url(dsn), server_settings={"timezone": "UTC"})
     try:
-        await conn.set_type_codec(
-            "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-        )
+        await init_connection(conn)
         return list(await conn.fetch(CLAIM_ALL, limit, "hostile-test", 60.0, []))
     finally:
         await conn.close()
