@@ -33,7 +33,7 @@ from pgnotify.scheduler import Scheduler
 from pgnotify.settings import Settings
 from pgnotify.systemd import SystemdNotifier
 from pgnotify.templates import TemplateRenderer
-from pgnotify.worker import DB_ERRORS, Worker
+from pgnotify.worker import DB_ERRORS, Worker, db_error
 
 
 def make_daemon_id() -> str:
@@ -59,6 +59,7 @@ class Daemon:
             self.rt.changed.ring,
             probe_interval=settings.NOTIFICATION_PROBE_INTERVAL,
             probe_timeout=min(settings.NOTIFICATION_PROBE_INTERVAL, 5.0),
+            connect_timeout=settings.NOTIFICATION_DB_TIMEOUT,
         )
         self.notifier = SystemdNotifier()
         self.health: HealthServer | None = None
@@ -135,9 +136,9 @@ class Daemon:
                 failures += 1
                 delay = backoff(failures, 0.5, 30.0)
                 self.log.warning(
-                    "database_unavailable", error=one_line(str(exc)), retry_in=round(delay, 2)
+                    "database_unavailable", error=db_error(exc), retry_in=round(delay, 2)
                 )
-                self.notifier.status(f"waiting for the database: {one_line(str(exc), 200)}")
+                self.notifier.status(f"waiting for the database: {db_error(exc)[:200]}")
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self.rt.stopping.wait()
@@ -267,7 +268,7 @@ class Daemon:
         except DB_ERRORS as exc:
             self.log.error(
                 "release_failed",
-                error=one_line(str(exc)),
+                error=db_error(exc),
                 note="rows return to pending when their lease expires",
             )
         with contextlib.suppress(Exception):

@@ -64,7 +64,10 @@ class Listener:
             server_settings={"application_name": "pgnotify-listener"},
         )
         try:
-            await conn.add_listener(CHANNEL, self._notified)
+            # The probe is not running yet: bound the LISTEN itself, or a path that goes
+            # half-open right after connecting would hang the listener for good.
+            async with asyncio.timeout(self.connect_timeout):
+                await conn.add_listener(CHANNEL, self._notified)
         except BaseException:
             conn.terminate()
             raise

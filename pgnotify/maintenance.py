@@ -41,7 +41,9 @@ async def rescue_leases(rt: Runtime) -> None:
         try:
             assert rt.pool is not None
             rows = await rt.pool.fetch(
-                queries.RESCUE_EXPIRED_LEASES, rt.settings.NOTIFICATION_MAX_RETRIES
+                queries.RESCUE_EXPIRED_LEASES,
+                rt.settings.NOTIFICATION_MAX_RETRIES,
+                list(rt.unrecorded),
             )
         except DB_ERRORS as exc:
             log.warning("lease_rescue_failed", error=db_error(exc))

@@ -101,7 +101,9 @@ where status = 'pending' and channel <> all ($1::text[])
 
 # -- rescue_expired_leases --
 # Rows a crashed or partitioned daemon left in `sending` go back to pending; a row whose
-# attempts are spent (it may be what crashes daemons) goes to failed instead.
+# attempts are spent (it may be what crashes daemons) goes to failed instead. A daemon
+# skips the rows whose outcomes it still holds ($2) and will record when the database
+# answers again; its other expired rows (a claim whose reply was lost) are rescued too.
 RESCUE_EXPIRED_LEASES = """
 update pgnotify.notifications
    set status = case when attempts > $1 then 'failed' else 'pending' end,
@@ -109,7 +111,7 @@ update pgnotify.notifications
                     || ' held it (daemon stopped or lost the database)'
                     || case when attempts > $1 then '; attempts exhausted' else '' end,
        run_at = now(), lease_until = null, updated_at = now()
- where status = 'sending' and lease_until < now()
+ where status = 'sending' and lease_until < now() and id <> all ($2::bigint[])
 returning id
 """
 

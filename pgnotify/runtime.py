@@ -43,6 +43,9 @@ class Runtime:
     # Rung by the listener (NOTIFY) and by workers when the schedule may have changed.
     changed: Doorbell = field(default_factory=Doorbell)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Rows whose outcome is decided but not yet recorded (the database is away): the
+    # lease rescuer must not hand them to another attempt.
+    unrecorded: set[int] = field(default_factory=set)
 
     def db_ok(self) -> None:
         self.stats.db_ok = True

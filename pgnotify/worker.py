@@ -2,8 +2,9 @@
 
 Each step is one round trip for the whole batch. A worker that finds nothing waits for
 the scheduler's doorbell. Database errors never kill a worker: it backs off and goes on,
-and outcomes it could not record are retried until they land (or the lease gives the
-rows back), because a sent message whose outcome is lost would be sent again.
+and outcomes it could not record are retried until they land (or the daemon stops and
+the lease gives the rows back), because a sent message whose outcome is lost would be
+sent again.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
+
+
+# At shutdown, how long outcomes may still try to reach an unreachable database.
+STOP_RECORD_GRACE = 5.0
 
 
 def db_error(exc: BaseException) -> str:
@@ -210,10 +215,26 @@ class Worker:
         delivered_inapp: set[int],
         started: float,
     ) -> None:
-        """Write the outcomes, retrying through database trouble until the lease is near."""
+        """Write the outcomes, retrying through database trouble for as long as it lasts.
+
+        Giving up would let the lease hand sent rows to a daemon that sends them again.
+        Retrying is always safe: an outcome lands only while this daemon still holds the
+        row (another daemon may have rescued and re-claimed it meanwhile), and this
+        daemon's own lease rescuer leaves these rows alone. Only a stop ends the retries.
+        """
         rt = self.rt
-        deadline = time.monotonic() + rt.settings.NOTIFICATION_LEASE_SECONDS * 0.8
         recorded: set[int] = set()
+        ids = [o.id for o in outcomes]
+        rt.unrecorded.update(ids)
+        try:
+            await self._record(outcomes, recorded)
+        finally:
+            rt.unrecorded.difference_update(ids)
+        self._log_outcomes(batch, outcomes, recorded, delivered_inapp, started)
+
+    async def _record(self, outcomes: Sequence[Outcome], recorded: set[int]) -> None:
+        rt = self.rt
+        stop_deadline: float | None = None
         failures = 0
         while outcomes:
             try:
@@ -232,19 +253,21 @@ class Worker:
                     for o in outcomes:
                         if o.opt_out:
                             await conn.execute(queries.RECORD_OPT_OUT, o.id, "sms", o.last_error)
-                recorded = {int(r["id"]) for r in rows}
+                recorded.update(int(r["id"]) for r in rows)
                 rt.db_ok()
-                break
+                return
             except DB_ERRORS as exc:
                 failures += 1
-                if time.monotonic() > deadline:
-                    self.log.error(
-                        "outcomes_lost",
-                        ids=[o.id for o in outcomes],
-                        error=db_error(exc),
-                        note="rows return to pending when their lease expires",
-                    )
-                    return
+                if rt.stopping.is_set():
+                    stop_deadline = stop_deadline or time.monotonic() + STOP_RECORD_GRACE
+                    if time.monotonic() > stop_deadline:
+                        self.log.error(
+                            "outcomes_lost",
+                            ids=[o.id for o in outcomes],
+                            error=db_error(exc),
+                            note="rows return to pending when their lease expires",
+                        )
+                        return
                 rt.db_failed()
                 delay = backoff(failures, 0.1, 5.0)
                 self.log.warning(
@@ -254,7 +277,6 @@ class Worker:
                     retry_in=round(delay, 2),
                 )
                 await asyncio.sleep(delay)
-        self._log_outcomes(batch, outcomes, recorded, delivered_inapp, started)
 
     def _log_outcomes(
         self,
