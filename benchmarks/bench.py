@@ -1,0 +1,731 @@
+"""``python -m benchmarks.bench``: pgnotify's figures beside their targets, as a table and JSON.
+
+It creates its own database on the local server (or on ``PGNOTIFY_BENCH_DSN``), migrates
+it with ``pgnotify.migrate``, seeds a small world set-based, and measures:
+
+- trigger overhead: 10,000 confirmed bookings INSERTed in one transaction with the
+  lifecycle triggers and with ``DISABLE TRIGGER USER`` (one ``INSERT … SELECT``, and as
+  10,000 single-row INSERTs);
+- the bare claim+complete loop over 30,000 pending rows (the ceiling), 1 and 4 connections;
+- drain rate of 30,000 due notifications (in-app; email+SMS to the outbox) by ``pgnotify
+  run`` processes for workers × batch in {1×10, 3×10, 4×100} and two daemons of 4×100,
+  with the daemon's and Postgres' CPU per notification;
+- latency from a booking's COMMIT to the SMTP / Twilio-shaped server receiving the message,
+  at 200 bookings/s for 20 s;
+- the daemon's RSS after 10,000 and 100,000 notifications, and its peak;
+- ``EXPLAIN ANALYZE`` of the claim and the per-row cost of ``render_context()``.
+
+Every figure gets one run first; then, while the time budget (``--budget``, default 270 s
+of measuring) allows, the most important figures get a second and a third, and each is
+reported as the median with the spread (min–max) and its number of runs. ``--quick``
+does one run of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from psycopg.conninfo import conninfo_to_dict
+
+from benchmarks import dataset as ds
+from benchmarks import measure, probes, snapshot
+from benchmarks.procs import CpuMeter, DaemonProcess
+from tests.peers.smtp import SmtpPeer
+from tests.peers.twilio import TwilioPeer
+
+ROWS = 30_000
+TRIGGER_ROWS = 10_000
+LATENCY_RATE = 200.0
+LATENCY_SECONDS = 20.0
+MEMORY_CHUNK = 10_000
+MEMORY_CHUNKS = 10
+DEFAULT_BUDGET = 240.0
+OTHER_LOAD_WARNING = 0.15  # cores used by processes that are not part of the benchmark
+# (label, workers, batch, daemons)
+DRAIN_CONFIGS = (
+    ("1x10", 1, 10, 1),
+    ("3x10", 3, 10, 1),
+    ("4x100", 4, 100, 1),
+    ("2d4x100", 4, 100, 2),
+)
+
+
+# -- figures ----------------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    """One line of the table: runs, how to show them, and the target they are held to."""
+
+    key: str
+    label: str
+    unit: str
+    values: list[float] = field(default_factory=list)
+    target: tuple[str, float] | None = None  # (">=" or "<=", threshold)
+    note: str = ""
+    derived: bool = False  # computed from other figures' medians, not run itself
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.values) if self.values else None
+
+    @property
+    def verdict(self) -> str:
+        if self.target is None or self.median is None:
+            return ""
+        op, bound = self.target
+        ok = self.median >= bound if op == ">=" else self.median <= bound
+        return "PASS" if ok else "MISS"
+
+    def fmt(self, value: float | None) -> str:
+        if value is None:
+            return "n/a"
+        if self.unit == "/s":
+            return f"{value:,.0f}/s"
+        if self.unit == "×":
+            return f"{value:.2f}×"
+        if self.unit == "%":
+            return f"{value:.1f} %"
+        if self.unit == "ms":
+            return f"{value:.2f} ms"
+        if self.unit == "µs":
+            return f"{value:.1f} µs"
+        if self.unit == "MiB":
+            return f"{value:.1f} MiB"
+        return f"{value:g} {self.unit}"
+
+    def spread(self) -> str:
+        if len(self.values) < 2:
+            return "—"
+        return f"{self.fmt(min(self.values))} – {self.fmt(max(self.values))}"
+
+    def target_text(self) -> str:
+        if self.target is None:
+            return "—"
+        op, bound = self.target
+        return f"{'≥' if op == '>=' else '≤'} {self.fmt(bound)}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "label": self.label,
+            "unit": self.unit,
+            "median": self.median,
+            "min": min(self.values) if self.values else None,
+            "max": max(self.values) if self.values else None,
+            "runs": self.values,
+            "target": {"op": self.target[0], "value": self.target[1]} if self.target else None,
+            "verdict": self.verdict or None,
+            "note": self.note or None,
+            "derived": self.derived,
+        }
+
+
+def print_table(figures: list[Figure], machine: dict[str, Any]) -> str:
+    head = ("figure", "median", "spread (min – max)", "runs", "target", "result")
+    rows = [
+        (
+            f.label,
+            f.fmt(f.median),
+            f.spread(),
+            "—" if f.derived else str(len(f.values)),
+            f.target_text(),
+            f.verdict,
+        )
+        for f in figures
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    lines = [
+        f"pgnotify benchmark — {machine['cpu_model']} × {machine['cores']} cores, "
+        f"{machine['postgres']}, Python {machine['python']}",
+        f"postgres settings: {machine['postgres_settings']}",
+        "",
+        "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip(),
+        "  ".join("-" * w for w in widths),
+    ]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    notes = [f"  [{f.key}] {f.note}" for f in figures if f.note]
+    if notes:
+        lines += ["", "notes:", *notes]
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+# -- the machine ------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _mem_total_kib() -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(Path("/proc/meminfo").read_text().split("\n")[0].split()[1])
+    return 0
+
+
+async def machine_info(conn: asyncpg.Connection, server: ds.Server) -> dict[str, Any]:
+    settings = {}
+    for name in (
+        "shared_buffers",
+        "synchronous_commit",
+        "fsync",
+        "wal_level",
+        "max_connections",
+        "jit",
+    ):
+        settings[name] = await conn.fetchval(f"show {name}")
+    version = await conn.fetchval("show server_version")
+    mem_kib = _mem_total_kib()
+    return {
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "postgres": f"PostgreSQL {version}",
+        "postgres_settings": ", ".join(f"{k}={v}" for k, v in settings.items()),
+        "postgres_server": server.how,
+        "python": platform.python_version(),
+        "asyncpg": asyncpg.__version__,
+        "platform": platform.platform(),
+        "source": snapshot.source_info(),
+    }
+
+
+# -- the plan ---------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One repeatable measurement; ``run`` appends to its figures and returns raw detail."""
+
+    name: str
+    run: Callable[[], Awaitable[dict[str, Any]]]
+    repeat: bool = True  # may get a second and third run while the budget allows
+    durations: list[float] = field(default_factory=list)
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, dsn: str, workdir: Path) -> None:
+        self.args = args
+        self.dsn = dsn
+        self.url = ds.as_url(dsn)
+        self.dbname = str(conninfo_to_dict(dsn)["dbname"])
+        self.workdir = workdir
+        self.figures: dict[str, Figure] = {}
+        self.conn: asyncpg.Connection | None = None
+        self.smtp: SmtpPeer | None = None
+        self.twilio: TwilioPeer | None = None
+        self.latency_offset = 0
+        self.problems: list[str] = []
+        self.disturbances: list[str] = []
+        self.jobs_by_name: dict[str, Job] = {}
+
+    def disturbed(self, what: str, cpu: dict[str, float]) -> None:
+        """Note a measurement during which other processes used a noticeable share of CPU."""
+        if cpu["other_load_cores"] >= OTHER_LOAD_WARNING:
+            self.disturbances.append(
+                f"{what}: other processes used {cpu['other_load_cores']:.2f} cores meanwhile"
+            )
+
+    def fig(self, key: str, label: str, unit: str, **kw: Any) -> Figure:
+        if key not in self.figures:
+            self.figures[key] = Figure(key, label, unit, **kw)
+        return self.figures[key]
+
+    @property
+    def c(self) -> asyncpg.Connection:
+        assert self.conn is not None
+        return self.conn
+
+    def daemon_settings(self, workers: int, batch: int, **extra: Any) -> dict[str, Any]:
+        return {
+            "DATABASE_URL": self.dsn,
+            "NOTIFICATION_WORKERS": workers,
+            "NOTIFICATION_BATCH_SIZE": batch,
+            "NOTIFICATION_LOG_LEVEL": "warning",
+            "FROM_EMAIL": "noreply@bench.example",
+            **extra,
+        }
+
+    # -- jobs --
+    async def triggers(self, per_row: bool) -> dict[str, Any]:
+        job = self.jobs_by_name["triggers-rows" if per_row else "triggers-set"]
+        meter = CpuMeter([], self.dbname)
+        meter.start()
+        r = await measure.trigger_overhead(
+            self.c,
+            rows=TRIGGER_ROWS,
+            per_row=per_row,
+            triggers_first=len(job.details) % 2 == 0,
+        )
+        r["cpu"] = meter.stop().as_json(TRIGGER_ROWS)
+        self.disturbed(f"triggers ({'per row' if per_row else 'set'})", r["cpu"])
+        how = "10,000 single-row INSERTs" if per_row else "one INSERT … SELECT of 10,000"
+        short = "single-row INSERTs" if per_row else "INSERT … SELECT"
+        key = "trigger_ratio_rows" if per_row else "trigger_ratio_set"
+        self.fig(
+            key,
+            f"trigger overhead, {how} (with/without)",
+            "×",
+            target=("<=", 2.0),
+            note=(
+                f"{r['notifications_queued']:,} queue rows per 10,000 bookings (confirmation"
+                " on 3 channels + 3 reminders); the time includes COMMIT"
+            )
+            if not per_row
+            else "the statement-level triggers run once per INSERT statement",
+        ).values.append(r["ratio"])
+        self.fig(
+            key + "_with_ms", f"  10,000 bookings with triggers ({short})", "ms"
+        ).values.append(r["with_s"] * 1000)
+        self.fig(
+            key + "_without_ms", f"  10,000 bookings without triggers ({short})", "ms"
+        ).values.append(r["without_s"] * 1000)
+        return r
+
+    async def bare(self, loops: int) -> dict[str, Any]:
+        r = await measure.bare_loop(
+            self.c, self.url, rows=ROWS, batch=100, loops=loops, dbname=self.dbname
+        )
+        label = f"bare claim+complete loop, batch 100, {loops} connection{'s' * (loops > 1)}"
+        self.fig(f"bare_{loops}", label, "/s").values.append(r["rows_per_s"])
+        if loops == 1:
+            self.fig(
+                "bare_1_cpu_pg", "  Postgres CPU per row (bare loop, 1 connection)", "µs"
+            ).values.append(r["cpu"]["postgres_us_per_item"])
+        self.disturbed(f"bare loop ×{loops}", r["cpu"])
+        return r
+
+    async def drain(
+        self,
+        kind: str,
+        label: str,
+        workers: int,
+        batch: int,
+        daemons: int,
+        log_level: str,
+        fresh_stats: bool = False,
+    ) -> dict[str, Any]:
+        channels = ["inapp"] if kind == "inapp" else ["email", "sms"]
+        settings = self.daemon_settings(workers, batch, NOTIFICATION_LOG_LEVEL=log_level)
+        r = await measure.drain(
+            self.c,
+            settings,
+            self.workdir / f"drain-{kind}-{label}-{log_level}",
+            daemons=daemons,
+            rows=ROWS,
+            channels=channels,
+            runs=1,
+            dbname=self.dbname,
+            fresh_stats=fresh_stats,
+        )
+        what = "in-app" if kind == "inapp" else "email+SMS→outbox"
+        who = f"2 daemons × {workers}×{batch}" if daemons == 2 else f"{workers}×{batch}"
+        suffix = "" if log_level == "warning" else f", log {log_level}"
+        key = f"drain_{kind}_{label}" + ("" if log_level == "warning" else f"_{log_level}")
+        if fresh_stats:
+            suffix += ", if the statistics already knew the burst"
+            key += "_fresh"
+        real = not fresh_stats  # the what-if is not held to the target
+        target = (">=", 15000.0) if kind == "inapp" and daemons == 1 and real else None
+        fig = self.fig(key, f"drain {what}, {who}{suffix}", "/s", target=target)
+        fig.values.extend(r["per_s"])
+        run = r["runs"][0]
+        if label == "4x100":
+            self.fig(
+                key + "_cpu", f"  daemon CPU per notification ({who}{suffix})", "µs"
+            ).values.append(run["cpu"]["daemon_us_per_item"])
+            self.fig(
+                key + "_cpu_pg", f"  Postgres CPU per notification ({who}{suffix})", "µs"
+            ).values.append(run["cpu"]["postgres_us_per_item"])
+        self.disturbed(f"drain {what} {who}{suffix}", run["cpu"])
+        for p in run["problems"]:
+            self.problems.append(f"drain {what} {who}{suffix}: {p}")
+        if r["log_anomalies"]:
+            self.problems.append(f"drain {what} {who}{suffix}: daemon log {r['log_anomalies']}")
+        if any(r["exit_codes"]):
+            self.problems.append(f"drain {what} {who}{suffix}: exit codes {r['exit_codes']}")
+        return r
+
+    async def latency(self) -> dict[str, Any]:
+        assert self.smtp is not None and self.twilio is not None
+        settings = self.daemon_settings(
+            3,
+            10,
+            NOTIFICATION_LOG_LEVEL="info",
+            NOTIFICATION_OUTBOX_DIR=self.workdir / "latency-outbox",
+            SMTP_SERVER=self.smtp.host,
+            SMTP_PORT=self.smtp.port,
+            SMTP_SECURITY="none",
+            TWILIO_ACCOUNT_SID=self.twilio.account_sid,
+            TWILIO_AUTH_TOKEN=self.twilio.auth_token,
+            TWILIO_PHONE_NUMBER="+15550001111",
+            TWILIO_API_URL=self.twilio.base_url,
+        )
+        daemon = DaemonProcess(settings, self.workdir / "latency", name="latency")
+        await measure._back_to_seed(self.c)
+        try:
+            await daemon.start()
+            await asyncio.sleep(0.5)
+            meter = CpuMeter([daemon.pid], self.dbname)
+            meter.start()
+            r = await measure.latency_run(
+                self.c,
+                self.smtp,
+                self.twilio,
+                rate=LATENCY_RATE,
+                seconds=LATENCY_SECONDS,
+                offset=self.latency_offset,
+            )
+            r.pop("commit_walls")
+            r["cpu_per_booking"] = meter.stop().as_json(r["bookings"])
+            self.disturbed("latency", r["cpu_per_booking"])
+        finally:
+            code = await daemon.stop()
+        self.latency_offset += int(LATENCY_RATE * LATENCY_SECONDS)
+        r["exit_code"] = code
+        r["log_anomalies"] = daemon.anomalies()
+        for ch, name in (("email+sms", "email+SMS"), ("email", "email"), ("sms", "SMS")):
+            for q, bound in (("p50", 10.0), ("p95", None), ("p99", 50.0)):
+                self.fig(
+                    f"latency_{ch}_{q}",
+                    f"latency commit→server {name} {q}",
+                    "ms",
+                    target=("<=", bound) if bound is not None else None,
+                    note="daemon 3×10 (the defaults), log level info, SMTP_SECURITY=none; "
+                    "200 bookings/s × 20 s, each booking = 1 email + 1 SMS + 1 in-app"
+                    if ch == "email+sms" and q == "p50"
+                    else "",
+                ).values.append(r[ch][q])
+        for q in ("p50", "p99"):
+            self.fig(
+                f"latency_inapp_{q}", f"latency commit→sent_at in-app {q}", "ms"
+            ).values.append(r["inapp"][q])
+        expected = int(LATENCY_RATE * LATENCY_SECONDS)
+        for ch in ("email", "sms", "inapp"):
+            if r[ch]["count"] != expected:
+                self.problems.append(
+                    f"latency: {r[ch]['count']} {ch} delivered of {expected} ({r['statuses']})"
+                )
+        if r["achieved_rate"] < LATENCY_RATE * 0.97:
+            self.problems.append(f"latency: inserter reached only {r['achieved_rate']}/s")
+        if r["log_anomalies"] or code:
+            self.problems.append(f"latency: daemon log {r['log_anomalies']}, exit {code}")
+        await measure._back_to_seed(self.c)
+        return r
+
+    async def memory(self) -> dict[str, Any]:
+        settings = self.daemon_settings(4, 100)
+        r = await measure.memory(
+            self.c, settings, self.workdir / "memory", chunk=MEMORY_CHUNK, chunks=MEMORY_CHUNKS
+        )
+        samples = r["samples"]
+        if len(samples) == MEMORY_CHUNKS:
+            first, last = samples[0]["VmRSS"], samples[-1]["VmRSS"]
+            self.fig("rss_10k", "daemon RSS after 10,000 in-app", "MiB").values.append(first / 1024)
+            self.fig("rss_100k", "daemon RSS after 100,000 in-app", "MiB").values.append(
+                last / 1024
+            )
+            self.fig(
+                "rss_growth", "daemon RSS growth 10k → 100k", "%", target=("<=", 10.0)
+            ).values.append((last - first) / first * 100)
+            self.fig("rss_peak", "daemon peak RSS (VmHWM)", "MiB").values.append(
+                samples[-1]["VmHWM"] / 1024
+            )
+        for p in r["problems"]:
+            self.problems.append(f"memory: {p}")
+        if r["log_anomalies"] or r["exit_code"]:
+            self.problems.append(f"memory: daemon log {r['log_anomalies']}, exit {r['exit_code']}")
+        return r
+
+    async def postgres(self) -> dict[str, Any]:
+        claim = await probes.claim_probe(self.c, backlog=ROWS, batch=100)
+        funcs = await probes.per_row_functions(self.c)
+        planning = await probes.planning_ms(self.c)
+        for name, ms in planning.items():
+            self.fig(
+                f"planning_{name.lower()}_ms",
+                f"planning queries.{name} (batch 100), paid per execution if not reused",
+                "ms",
+            ).values.append(ms)
+        stale = claim["stale_stats"]["claim_due"]
+        self.fig(
+            "claim_due_ms_stale",
+            "EXPLAIN ANALYZE queries.CLAIM_DUE, 100 of 30,000, statistics predating the burst",
+            "ms",
+            note=f"indexes {', '.join(stale['indexes'])}; the plan: "
+            + " / ".join(line.strip() for line in claim["stale_stats"]["claim_due_plan"][:5]),
+        ).values.append(stale["execution_ms"])
+        for phase, label in (("fresh", "fresh backlog"), ("half_drained", "half drained")):
+            c = claim[phase]["claim_due"]
+            self.fig(
+                f"claim_due_ms_{phase}",
+                f"EXPLAIN ANALYZE queries.CLAIM_DUE, 100 of 30,000 ({label})",
+                "ms",
+                note=f"indexes {', '.join(c['indexes'])}; seq scans: "
+                f"{', '.join(c['seq_scans']) or 'none'}"
+                if phase == "fresh"
+                else "",
+            ).values.append(c["execution_ms"])
+            self.fig(
+                f"bare_claim_ms_{phase}",
+                f"EXPLAIN ANALYZE bare claim, 100 of 30,000 ({label})",
+                "ms",
+            ).values.append(claim[phase]["bare_claim"]["execution_ms"])
+        generic = claim["generic_plan"]
+        self.fig(
+            "claim_due_generic_ms",
+            "EXPLAIN ANALYZE CLAIM_DUE, 10 of 30,000, if Postgres picks the generic plan",
+            "ms",
+            note=f"custom plan {generic['custom_execution_ms']:.2f} ms; the generic plan"
+            f" seq-scans: {', '.join(generic['seq_scans']) or 'nothing'}",
+        ).values.append(generic["execution_ms"])
+        for name, label in (
+            ("deliver_inapp", "DELIVER_INAPP"),
+            ("record_outcomes", "RECORD_OUTCOMES"),
+        ):
+            after = claim["after_claim"][name]
+            self.fig(
+                f"{name}_ms",
+                f"EXPLAIN ANALYZE queries.{label}, 100 rows",
+                "ms",
+                note="of which trigger time: "
+                + ", ".join(f"{k} {v:.2f} ms" for k, v in after["triggers_ms"].items())
+                if after["triggers_ms"]
+                else "",
+            ).values.append(after["execution_ms"])
+        self.fig(
+            "render_context_us", "pgnotify.render_context() per row (server)", "µs"
+        ).values.append(funcs["render_context_us"])
+        return {"claim": claim, "functions": funcs, "planning_ms": planning}
+
+    # -- orchestration --
+    def plan(self) -> list[Job]:
+        jobs = [
+            Job("triggers-set", lambda: self.triggers(False)),
+            Job("triggers-rows", lambda: self.triggers(True), repeat=False),
+            Job("bare-1", lambda: self.bare(1)),
+            Job("bare-4", lambda: self.bare(4)),
+        ]
+        for kind in ("inapp", "outbox"):
+            for label, workers, batch, daemons in DRAIN_CONFIGS:
+                jobs.append(
+                    Job(
+                        f"drain-{kind}-{label}",
+                        functools.partial(
+                            self.drain, kind, label, workers, batch, daemons, "warning"
+                        ),
+                        repeat=batch == 100,
+                    )
+                )
+        jobs += [
+            Job(
+                "drain-inapp-4x100-info",
+                lambda: self.drain("inapp", "4x100", 4, 100, 1, "info"),
+            ),
+            Job(
+                "drain-inapp-4x100-fresh",
+                lambda: self.drain("inapp", "4x100", 4, 100, 1, "warning", fresh_stats=True),
+            ),
+            Job("latency", self.latency),
+            Job("memory", self.memory, repeat=False),
+            Job("postgres", self.postgres),
+        ]
+        return jobs
+
+    # Repeat runs while the budget allows, in this order: (job, runs it should reach).
+    REPEATS = (
+        ("drain-inapp-4x100", 3),
+        ("bare-1", 3),
+        ("triggers-set", 3),
+        ("drain-inapp-4x100-fresh", 3),
+        ("drain-inapp-2d4x100", 3),
+        ("drain-outbox-4x100", 3),
+        ("bare-4", 3),
+        ("postgres", 3),
+        ("drain-inapp-4x100-info", 3),
+        ("drain-outbox-2d4x100", 3),
+        ("latency", 2),
+    )
+
+    async def run(self) -> dict[str, Any]:
+        self.conn = await asyncpg.connect(self.url)
+        started = time.monotonic()
+        await ds.seed_world(self.c)
+        await ds.seed_bookings(self.c)
+        self.smtp = SmtpPeer().start()
+        self.twilio = TwilioPeer().start()
+        jobs = self.plan()
+        self.jobs_by_name = {j.name: j for j in jobs}
+        only = set(self.args.only or ())
+        if only:
+            jobs = [j for j in jobs if any(j.name.startswith(o) for o in only)]
+        try:
+            for job in jobs:
+                await self._run_job(job)
+            for name, runs in () if self.args.quick else self.REPEATS:
+                job = self.jobs_by_name[name]
+                while job in jobs and job.durations and len(job.durations) < runs:
+                    spent = time.monotonic() - started
+                    if spent + max(job.durations) * 1.1 > self.args.budget:
+                        break
+                    await self._run_job(job)
+        finally:
+            self.smtp.stop()
+            self.twilio.stop()
+            await self.c.close()
+        return {j.name: {"durations_s": j.durations, "runs": j.details} for j in jobs}
+
+    async def _run_job(self, job: Job) -> None:
+        t = time.monotonic()
+        print(f"… {job.name} (run {len(job.durations) + 1})", file=sys.stderr, flush=True)
+        try:
+            job.details.append(await job.run())
+        except Exception as exc:  # report and go on: one broken figure must not hide the rest
+            self.problems.append(f"{job.name}: {type(exc).__name__}: {exc}")
+            job.details.append({"error": f"{type(exc).__name__}: {exc}"})
+        job.durations.append(time.monotonic() - t)
+
+    def derived(self) -> None:
+        """Figures computed from others: the drain as a share of the bare loop."""
+        bare = self.figures.get("bare_1")
+        one_daemon = [
+            f
+            for k, f in self.figures.items()
+            if k.startswith("drain_inapp_")
+            and not k.endswith(("_cpu", "_cpu_pg", "_info", "_fresh"))
+            and "2d" not in k
+            and f.median is not None
+        ]
+        if bare is not None and bare.median and one_daemon:
+            best = max(one_daemon, key=lambda f: f.median or 0)
+            self.fig(
+                "drain_share_of_bare",
+                f"best one-daemon in-app drain ({best.label.split(', ')[-1]}) / bare loop",
+                "%",
+                target=(">=", 50.0),
+                note="medians of each; the bare loop with 1 connection is the reference",
+                derived=True,
+            ).values.append((best.median or 0) / bare.median * 100)
+
+
+ORDER = (
+    "trigger_ratio_set",
+    "trigger_ratio_set_with_ms",
+    "trigger_ratio_set_without_ms",
+    "trigger_ratio_rows",
+    "trigger_ratio_rows_with_ms",
+    "trigger_ratio_rows_without_ms",
+    "bare_1",
+    "bare_4",
+)
+
+
+def ordered(figures: dict[str, Figure]) -> list[Figure]:
+    keys = [k for k in ORDER if k in figures]
+    drains = [k for k in figures if k.startswith("drain_") and k not in keys]
+    rest = [k for k in figures if k not in keys and k not in drains]
+    return [figures[k] for k in keys + drains + rest]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="one run of each figure")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=DEFAULT_BUDGET,
+        help="seconds of measuring after which no further repeat runs start (default %(default)s)",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="JOB",
+        help="run only jobs whose name starts with JOB (triggers, bare, drain-inapp, "
+        "drain-outbox, latency, memory, postgres); repeatable",
+    )
+    p.add_argument("--output", type=Path, default=snapshot.source_root() / "bench-results.json")
+    p.add_argument("--keep-db", action="store_true", help="do not drop the database afterwards")
+    p.add_argument(
+        "--in-place",
+        action="store_true",
+        help="run the working tree itself, not a copy taken at start (see benchmarks/snapshot.py)",
+    )
+    return p.parse_args(argv)
+
+
+async def amain(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        server = ds.find_server(stack)
+        with (
+            ds.fresh_database(server, keep=args.keep_db) as dsn,
+            tempfile.TemporaryDirectory(prefix="pgnotify-bench-") as tmp,
+        ):
+            conn = await asyncpg.connect(ds.as_url(dsn))
+            machine = await machine_info(conn, server)
+            await conn.close()
+            bench = Bench(args, dsn, Path(tmp))
+            details = await bench.run()
+            bench.derived()
+    figures = ordered(bench.figures)
+    elapsed = time.monotonic() - started
+    print()
+    table = print_table(figures, machine)
+    if bench.disturbances:
+        print("\nWARNING: the machine was not quiet; these figures are disturbed:")
+        for d in bench.disturbances:
+            print(f"  - {d}")
+    if bench.problems:
+        print("\nproblems seen (the daemon or the benchmark misbehaved):")
+        for p in bench.problems:
+            print(f"  - {p}")
+    print(f"\ntotal {elapsed:.0f} s; results in {args.output}")
+    result = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "elapsed_s": round(elapsed, 1),
+        "quick": args.quick,
+        "machine": machine,
+        "figures": [f.as_json() for f in figures],
+        "problems": bench.problems,
+        "disturbances": bench.disturbances,
+        "details": details,
+        "table": table,
+    }
+    args.output.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if not (args.in_place or snapshot.inside_snapshot()):
+        output = ["--output", str(args.output.resolve())]
+        return snapshot.run_in_snapshot("benchmarks.bench", [*argv, *output])
+    return asyncio.run(amain(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
