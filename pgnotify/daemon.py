@@ -22,7 +22,7 @@ import asyncpg
 from pgnotify import queries
 from pgnotify.channels.registry import build_channels
 from pgnotify.compose import Composer
-from pgnotify.db import init_connection
+from pgnotify.db import init_connection, keep_session
 from pgnotify.health import HealthServer
 from pgnotify.listener import Listener
 from pgnotify.logs import get_logger
@@ -118,6 +118,7 @@ class Daemon:
                     min_size=1,
                     max_size=s.NOTIFICATION_WORKERS + 3,
                     init=init_connection,
+                    reset=keep_session,
                     command_timeout=s.NOTIFICATION_DB_TIMEOUT,
                     timeout=s.NOTIFICATION_DB_TIMEOUT,
                     statement_cache_size=0 if s.DATABASE_PGBOUNCER else 100,
