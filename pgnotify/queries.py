@@ -34,7 +34,11 @@ with due as (
                                            array(select payment_id from claimed))
 )
 select c.id, c.kind, c.channel, c.recipient, c.booking_id, c.payment_id, c.attempts,
-       c.run_at, x.context,
+       c.run_at,
+       -- Sibling rows (one booking's email, SMS and in-app) share one context: send it
+       -- once, on the first of them; the daemon hands it to the others.
+       case when row_number() over (partition by c.booking_id, c.payment_id order by c.id) = 1
+            then x.context end as context,
        pgnotify.stale_reason(c.kind, c.occurrence, x.booking_status, x.starts_at)
            as stale_reason
 from claimed c

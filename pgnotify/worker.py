@@ -52,19 +52,31 @@ def db_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def to_claimed(row: asyncpg.Record) -> ClaimedNotification:
-    return ClaimedNotification(
-        id=row["id"],
-        kind=row["kind"],
-        channel=row["channel"],
-        recipient=row["recipient"],
-        booking_id=row["booking_id"],
-        payment_id=row["payment_id"],
-        attempts=row["attempts"],
-        run_at=row["run_at"],
-        context=row["context"],
-        stale_reason=row["stale_reason"],
-    )
+def to_claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
+    """The claim's rows as values; siblings get the context sent with the first of them."""
+    contexts = {
+        (row["booking_id"], row["payment_id"]): row["context"]
+        for row in rows
+        if row["context"] is not None
+    }
+    batch = []
+    for row in rows:
+        context = contexts.get((row["booking_id"], row["payment_id"]))
+        batch.append(
+            ClaimedNotification(
+                id=row["id"],
+                kind=row["kind"],
+                channel=row["channel"],
+                recipient=row["recipient"],
+                booking_id=row["booking_id"],
+                payment_id=row["payment_id"],
+                attempts=row["attempts"],
+                run_at=row["run_at"],
+                context=context,
+                stale_reason=row["stale_reason"],
+            )
+        )
+    return batch
 
 
 class Worker:
@@ -116,7 +128,7 @@ class Worker:
         rt.db_ok()
         self._db_failures = 0
         rt.stats.last_claim_at = time.time()
-        batch = [to_claimed(r) for r in rows]
+        batch = to_claimed(rows)
         if batch:
             self.log.debug("claimed", count=len(batch), ids=[n.id for n in batch])
         return batch

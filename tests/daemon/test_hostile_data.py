@@ -142,7 +142,7 @@ async def test_hostile_fields_never_inject_and_never_crash_the_batch(
     )
     settings_ = make_settings(clean_db, tmp_path, FROM_EMAIL="bookings@shop.example")
     composer = Composer(settings_, TemplateRenderer.from_settings(settings_))
-    claimed = [to_claimed(r) for r in await claim_everything(clean_db)]
+    claimed = to_claimed(await claim_everything(clean_db))
     assert claimed, "the booking's notifications were queued"
     skipped = db.execute(
         "select channel, last_error from pgnotify.notifications where status = 'skipped'"
