@@ -19,6 +19,7 @@ import asyncpg
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from pgnotify.devcluster import answers
 from pgnotify.migrate import migrate
 
 SHOPS = 40
@@ -161,24 +162,15 @@ class Server:
     how: str
 
 
-def _answers(dsn: str) -> bool:
-    try:
-        with psycopg.connect(dsn, connect_timeout=3) as conn:
-            conn.execute("select 1")
-        return True
-    except psycopg.Error:
-        return False
-
-
 def find_server(stack: contextlib.ExitStack) -> Server:
     """``PGNOTIFY_BENCH_DSN``, else 127.0.0.1:5432, else a throw-away local cluster."""
     env = os.environ.get("PGNOTIFY_BENCH_DSN")
     if env:
-        if not _answers(env):
+        if not answers(env):
             raise SystemExit(f"PGNOTIFY_BENCH_DSN does not answer: {env}")
         return Server(env, "PGNOTIFY_BENCH_DSN")
     for user in dict.fromkeys([os.environ.get("PGUSER") or "", getpass.getuser(), "postgres"]):
-        if user and _answers(dsn := f"postgresql://{user}@127.0.0.1:5432/postgres"):
+        if user and answers(dsn := f"postgresql://{user}@127.0.0.1:5432/postgres"):
             return Server(dsn, f"local server 127.0.0.1:5432 as {user}")
     from tests.pgcluster import LocalCluster
 

@@ -162,7 +162,8 @@ class LocalCluster:
 DEV_PORT = 54329
 
 
-def _answers(dsn: str) -> bool:
+def answers(dsn: str) -> bool:
+    """True when a PostgreSQL server accepts this DSN and answers a query."""
     import psycopg
 
     try:
@@ -195,7 +196,7 @@ def dev_database_url(project_dir: Path) -> str:
         return settings.database_url
     for user in dict.fromkeys([getpass.getuser(), "postgres"]):
         base = f"postgresql://{user}@127.0.0.1:5432"
-        if _answers(f"{base}/postgres"):
+        if answers(f"{base}/postgres"):
             print(
                 f"pgnotify: using the PostgreSQL server on 127.0.0.1:5432 as {user}",
                 file=sys.stderr,

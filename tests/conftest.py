@@ -22,8 +22,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from pgnotify.devcluster import LocalCluster, answers
 from pgnotify.migrate import migrate
-from tests.pgcluster import LocalCluster
 
 # The SMTP and Twilio-shaped peers, shared by every suite that sends.
 pytest_plugins = ["tests.peers.fixtures"]
@@ -32,15 +32,6 @@ _DATA_TABLES = (
     "pgnotify.inbox, pgnotify.notifications, pgnotify.opt_outs, booking.payments, "
     "booking.bookings, booking.customers, booking.services, booking.staff, booking.shops"
 )
-
-
-def _answers(dsn: str) -> bool:
-    try:
-        with psycopg.connect(dsn, connect_timeout=3) as conn:
-            conn.execute("select 1")
-        return True
-    except psycopg.Error:
-        return False
 
 
 def _docker_answers() -> bool:
@@ -63,7 +54,7 @@ def _find_server(stack: contextlib.ExitStack) -> PgServer:
     tried: list[str] = []
     env = os.environ.get("PGNOTIFY_TEST_DSN")
     if env:
-        if _answers(env):
+        if answers(env):
             return PgServer(env, "PGNOTIFY_TEST_DSN")
         tried.append("PGNOTIFY_TEST_DSN (did not answer)")
     else:
@@ -72,7 +63,7 @@ def _find_server(stack: contextlib.ExitStack) -> PgServer:
         if not user:
             continue
         dsn = f"postgresql://{user}@127.0.0.1:5432/postgres"
-        if _answers(dsn):
+        if answers(dsn):
             return PgServer(dsn, f"local server 127.0.0.1:5432 as {user}")
     tried.append("127.0.0.1:5432 (no answer)")
     if _docker_answers():

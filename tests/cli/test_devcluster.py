@@ -26,12 +26,12 @@ def test_with_no_server_make_run_creates_and_reuses_a_pgdata_cluster(
     project_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tmp_path = project_dir
-    real_answers = devcluster._answers
+    real_answers = devcluster.answers
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.chdir(tmp_path)  # no .env here
     # Pretend nothing listens on 5432, as on a fresh machine; the new cluster is real.
     monkeypatch.setattr(
-        devcluster, "_answers", lambda dsn: ":5432/" not in dsn and real_answers(dsn)
+        devcluster, "answers", lambda dsn: ":5432/" not in dsn and real_answers(dsn)
     )
     monkeypatch.setattr(devcluster, "DEV_PORT", devcluster.free_port())
     url = devcluster.dev_database_url(tmp_path)
