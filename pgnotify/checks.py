@@ -20,7 +20,7 @@ def check_database(settings: Settings) -> str:
     where = describe_dsn(settings.database_url)
     try:
         with connect_sync(settings.database_url, connect_timeout=5) as conn:
-            version = conn.execute("show server_version").fetchone()
+            version = conn.execute(queries.SERVER_VERSION).fetchone()
             try:
                 applied = {r[0] for r in conn.execute(queries.APPLIED_MIGRATIONS)}
             except Exception:

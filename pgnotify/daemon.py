@@ -150,7 +150,7 @@ class Daemon:
         while not self.rt.stopping.is_set():
             with contextlib.suppress(*DB_ERRORS):
                 assert self.rt.pool is not None
-                value = await self.rt.pool.fetchval("select pg_notification_queue_usage()")
+                value = await self.rt.pool.fetchval(queries.NOTIFICATION_QUEUE_USAGE)
                 self._queue_usage = float(value)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(15):

@@ -145,6 +145,10 @@ PURGE_FINISHED = "select pgnotify.purge(make_interval(days => $1), $2)"
 # -- ping --
 PING = "select 1"
 
+# -- notification_queue_usage --
+# How full Postgres' NOTIFY queue is (0..1); a listener that stops reading fills it.
+NOTIFICATION_QUEUE_USAGE = "select pg_notification_queue_usage()"
+
 # -- is_listening --
 IS_LISTENING = "select $1 = any (array(select pg_listening_channels()))"
 
@@ -154,6 +158,9 @@ IS_LISTENING = "select $1 = any (array(select pg_listening_channels()))"
 
 # -- status_table --
 STATUS = "select * from pgnotify.status"
+
+# -- server_version --
+SERVER_VERSION = "show server_version"
 
 # -- applied_migrations --
 APPLIED_MIGRATIONS = "select version from pgnotify.schema_migrations order by version"
