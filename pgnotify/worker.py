@@ -166,17 +166,27 @@ class Worker:
                 results[n.id] = PermanentError(f"no channel configured for {n.channel!r}")
             else:
                 sends.append(self._send(channel, n, message, results))
-        delivered: set[int] = set()
-        if inapp:
-            assert rt.pool is not None
-            try:
-                delivered = await rt.inapp.deliver(rt.pool, rt.daemon_id, inapp)
-            except DB_ERRORS as exc:
-                for n, _ in inapp:
-                    results[n.id] = TransientError(f"inbox write failed: {db_error(exc)}")
-        if sends:
-            await asyncio.gather(*sends)
+        # The inbox write and the network sends go out together: neither waits on the other.
+        delivered, _ = await asyncio.gather(
+            self._deliver_inapp(inapp, results), asyncio.gather(*sends)
+        )
         return delivered
+
+    async def _deliver_inapp(
+        self,
+        items: Sequence[tuple[ClaimedNotification, InappMessage]],
+        results: dict[int, Receipt | BaseException],
+    ) -> set[int]:
+        rt = self.rt
+        if not items:
+            return set()
+        assert rt.pool is not None
+        try:
+            return await rt.inapp.deliver(rt.pool, rt.daemon_id, items)
+        except DB_ERRORS as exc:
+            for n, _ in items:
+                results[n.id] = TransientError(f"inbox write failed: {db_error(exc)}")
+            return set()
 
     async def _send(
         self,
