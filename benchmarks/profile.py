@@ -342,43 +342,6 @@ def structlog_costs() -> dict[str, float]:
 
 # -- 3. Postgres ------------------------------------------------------------------------
 
-# The claim with the context built set-based (joins in the statement) instead of one
-# render_context() call per row: the same columns, the same JSON. Only for versions whose
-# CLAIM_DUE still calls render_context() per row (the replacement changes nothing else).
-CLAIM_DUE_INLINE_CONTEXT = queries.CLAIM_DUE.replace(
-    "pgnotify.render_context(c.booking_id, c.payment_id) as context",
-    """case when b.id is not null then jsonb_build_object(
-        'booking', jsonb_build_object(
-            'id', b.id, 'starts_at', b.starts_at,
-            'ends_at', b.starts_at + make_interval(mins => b.duration_minutes),
-            'duration_minutes', b.duration_minutes, 'total_cents', b.total_cents,
-            'currency', b.currency, 'status', b.status,
-            'cancellation_reason', b.cancellation_reason,
-            'sequence', floor(extract(epoch from b.updated_at))::bigint),
-        'shop', jsonb_build_object(
-            'id', s.id, 'name', s.name, 'timezone', s.timezone, 'email', s.email,
-            'phone', s.phone, 'address', s.address, 'locale', s.locale),
-        'staff', jsonb_build_object('id', st.id, 'name', st.name),
-        'service', jsonb_build_object(
-            'id', sv.id, 'name', sv.name, 'duration_minutes', sv.duration_minutes,
-            'price_cents', sv.price_cents, 'currency', sv.currency),
-        'customer', jsonb_build_object(
-            'id', cu.id, 'name', cu.name, 'email', cu.email, 'phone', cu.phone,
-            'user_id', cu.user_id, 'locale', cu.locale, 'timezone', cu.timezone),
-        'payment', (select jsonb_build_object(
-            'id', p.id, 'amount_cents', p.amount_cents, 'currency', p.currency,
-            'status', p.status, 'provider', p.provider, 'provider_ref', p.provider_ref,
-            'failure_reason', p.failure_reason)
-            from booking.payments p where p.id = c.payment_id)) end as context""",
-).replace(
-    "left join booking.bookings b on b.id = c.booking_id",
-    """left join booking.bookings b on b.id = c.booking_id
-left join booking.shops s on s.id = b.shop_id
-left join booking.staff st on st.id = b.staff_id
-left join booking.services sv on sv.id = b.service_id
-left join booking.customers cu on cu.id = b.customer_id""",
-)
-
 
 async def claim_with_contexts_inlined(conn: asyncpg.Connection) -> str | None:
     """For versions whose claim calls ``pgnotify.render_contexts(array(select …), …)``:
@@ -491,8 +454,6 @@ async def postgres_costs(conn: asyncpg.Connection, url: str, dbname: str) -> dic
     for batch in (1, 100):
         rows: dict[str, Any] = {}
         claims = [("queries.CLAIM_DUE (this version)", queries.CLAIM_DUE)]
-        if CLAIM_DUE_INLINE_CONTEXT != queries.CLAIM_DUE:  # still one render_context() per row
-            claims.append(("CLAIM_DUE with the context joined set-based", CLAIM_DUE_INLINE_CONTEXT))
         if inlined := await claim_with_contexts_inlined(conn):
             claims.append(("CLAIM_DUE with render_contexts()' body written inline", inlined))
         claims.append(("bare claim (no context, no re-check)", ds.BARE_CLAIM))

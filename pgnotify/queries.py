@@ -177,10 +177,13 @@ order by id
 """
 
 # -- preview_context --
-# The raw rendering context of a booking (with its latest payment for payment kinds).
+# The raw rendering context of a booking (with its latest payment for payment kinds),
+# from the same function the claim uses.
 PREVIEW_CONTEXT = """
-select pgnotify.render_context(b.id, case when %(with_payment)s then (
-           select p.id from booking.payments p where p.booking_id = b.id
-           order by p.updated_at desc, p.created_at desc limit 1) end)
-from booking.bookings b where b.id = %(booking_id)s
+select x.context
+from pgnotify.render_contexts(
+    array[%(booking_id)s::uuid],
+    array[case when %(with_payment)s then (
+        select p.id from booking.payments p where p.booking_id = %(booking_id)s::uuid
+        order by p.updated_at desc, p.created_at desc limit 1) end]) x
 """

@@ -238,3 +238,23 @@ def quiet_booking(conn: psycopg.Connection[Any], **world: Any) -> Any:
         "update pgnotify.notifications set status = 'cancelled' where booking_id = %s", (booking,)
     )
     return booking
+
+
+# A daemon sized for burst tests: 3 workers x 20, short lease and send timeout.
+WORKERS = 3
+BATCH = 20
+
+
+def burst_env(clean_db: str, tmp_path: Path, smtp: Any, **overrides: Any) -> dict[str, str]:
+    """Environment of a spawned daemon sending a burst of email to the SMTP peer ``smtp``."""
+    values: dict[str, Any] = {
+        "SMTP_SERVER": smtp.host,
+        "SMTP_PORT": smtp.port,
+        "SMTP_SECURITY": "none",
+        "NOTIFICATION_WORKERS": WORKERS,
+        "NOTIFICATION_BATCH_SIZE": BATCH,
+        "NOTIFICATION_LEASE_SECONDS": 3,
+        "NOTIFICATION_SEND_TIMEOUT": 1,
+        "NOTIFICATION_HEALTH_ADDR": "",
+    }
+    return env_for(clean_db, tmp_path / "outbox", **{**values, **overrides})

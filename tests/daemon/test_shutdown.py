@@ -10,8 +10,10 @@ from typing import Any
 import psycopg
 
 from tests.daemon.harness import (
+    BATCH,
+    WORKERS,
+    burst_env,
     count_reaches,
-    env_for,
     message_id_counts,
     queue_burst,
     quiet_booking,
@@ -23,23 +25,7 @@ from tests.peers.smtp import SmtpPeer
 
 Conn = psycopg.Connection[Any]
 
-WORKERS = 3
-BATCH = 20
 BURST = 300
-
-
-def burst_env(clean_db: str, tmp_path: Path, smtp: SmtpPeer, **overrides: Any) -> dict[str, str]:
-    values: dict[str, Any] = {
-        "SMTP_SERVER": smtp.host,
-        "SMTP_PORT": smtp.port,
-        "SMTP_SECURITY": "none",
-        "NOTIFICATION_WORKERS": WORKERS,
-        "NOTIFICATION_BATCH_SIZE": BATCH,
-        "NOTIFICATION_LEASE_SECONDS": 3,
-        "NOTIFICATION_SEND_TIMEOUT": 1,
-        "NOTIFICATION_HEALTH_ADDR": "",
-    }
-    return env_for(clean_db, tmp_path / "outbox", **{**values, **overrides})
 
 
 def states(db: Conn, ids: list[int]) -> dict[int, tuple[str, int, str | None]]:

@@ -19,9 +19,11 @@ import psycopg
 import pytest
 
 from tests.daemon.harness import (
+    BATCH,
+    WORKERS,
+    burst_env,
     count,
     count_reaches,
-    env_for,
     message_id_counts,
     queue_burst,
     quiet_booking,
@@ -35,23 +37,7 @@ pytestmark = pytest.mark.faults
 
 Conn = psycopg.Connection[Any]
 
-WORKERS = 3
-BATCH = 20
 BURST = 400
-
-
-def burst_env(clean_db: str, tmp_path: Path, smtp: SmtpPeer, **overrides: Any) -> dict[str, str]:
-    values: dict[str, Any] = {
-        "SMTP_SERVER": smtp.host,
-        "SMTP_PORT": smtp.port,
-        "SMTP_SECURITY": "none",
-        "NOTIFICATION_WORKERS": WORKERS,
-        "NOTIFICATION_BATCH_SIZE": BATCH,
-        "NOTIFICATION_LEASE_SECONDS": 3,
-        "NOTIFICATION_SEND_TIMEOUT": 1,
-        "NOTIFICATION_HEALTH_ADDR": "",
-    }
-    return env_for(clean_db, tmp_path / "outbox", **{**values, **overrides})
 
 
 async def test_kill_9_mid_batch_loses_nothing_and_duplicates_are_bounded(
