@@ -10,11 +10,14 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+import psycopg
+
 from pgnotify import __version__, queries
 from pgnotify.db import check_dsn, connect_sync
-from pgnotify.errors import DatabaseUnavailable, PgnotifyError, SettingsError
+from pgnotify.errors import DatabaseUnavailable, InstallationError, PgnotifyError, SettingsError
 from pgnotify.migrate import MigrationError, migrate
 from pgnotify.model import CHANNELS, KINDS
+from pgnotify.resources import sql_dir, templates_dir
 from pgnotify.settings import Settings, load_settings
 
 EXIT_USAGE = 2
@@ -181,14 +184,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What each command reads from the install: a broken install is found before connecting,
+# and is never one failed check among others.
+_NEEDS = {"migrate": (sql_dir,), "check": (sql_dir, templates_dir)}
+_NEEDS.update(run=(templates_dir,), render=(templates_dir,))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     args = build_parser().parse_args(argv)
     func: Callable[[Settings, argparse.Namespace], int] = args.func
     try:
+        for find in _NEEDS.get(args.command, ()):
+            find()
         settings = load_settings()
         return func(settings, args)
-    except (SettingsError, DatabaseUnavailable, MigrationError) as exc:
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(
+            f"pgnotify: the database is not migrated ({first}): run pgnotify migrate",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    except (SettingsError, DatabaseUnavailable, MigrationError, InstallationError) as exc:
         print(f"pgnotify: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except PgnotifyError as exc:

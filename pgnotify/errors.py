@@ -16,6 +16,10 @@ class SettingsError(PgnotifyError):
     """Configuration is invalid; the CLI prints it and exits 2."""
 
 
+class InstallationError(PgnotifyError):
+    """A file that ships with pgnotify (SQL, templates) is missing; the CLI exits 2."""
+
+
 class DatabaseUnavailable(PgnotifyError):
     """The database cannot be reached (bad URL, host down, auth refused)."""
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import psycopg
 
 from pgnotify.db import connect_sync
+from pgnotify.resources import sql_dir
 
-SQL_DIR = Path(__file__).resolve().parent / "sql"
 _FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 # An arbitrary, fixed key: every pgnotify migrate run contends for the same lock.
 _LOCK_KEY = 0x70676E6F74696679 & 0x7FFFFFFFFFFFFFFF
@@ -37,15 +37,12 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def sql_dir() -> Path:
-    """The ``sql/`` folder: packaged beside the module, or the repository's top level."""
-    if SQL_DIR.is_dir():
-        return SQL_DIR
-    return Path(__file__).resolve().parent.parent / "sql"
-
-
 def discover(directory: Path | None = None) -> list[Migration]:
-    """All migrations in version order; refuses two files with one number."""
+    """All migrations in version order (the packaged ``sql/`` by default).
+
+    Refuses two files with one number, and a folder with none: an install without its SQL
+    must fail loudly, never report "up to date".
+    """
     directory = directory or sql_dir()
     found: dict[str, Migration] = {}
     for path in sorted(directory.glob("*.sql")):
@@ -56,6 +53,8 @@ def discover(directory: Path | None = None) -> list[Migration]:
         if version in found:
             raise MigrationError(f"two migrations numbered {version}: {path.name}")
         found[version] = Migration(version, path.name, path.read_text(encoding="utf-8"))
+    if not found:
+        raise MigrationError(f"no migrations (NNN_name.sql) in {directory}")
     return [found[v] for v in sorted(found)]
 
 

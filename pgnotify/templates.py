@@ -38,9 +38,9 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from pgnotify.errors import PermanentError
 from pgnotify.model import KINDS
+from pgnotify.resources import templates_dir
 from pgnotify.settings import Settings
 
-DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 DEFAULT_LOCALE = "en"
 
 PARTS: Mapping[str, tuple[str, ...]] = {
@@ -57,7 +57,7 @@ class TemplateRenderer:
     """Finds, compiles (once) and renders the templates of every kind, locale and shop."""
 
     def __init__(self, roots: Sequence[Path] | None = None) -> None:
-        self.roots: tuple[Path, ...] = tuple(roots) if roots else (DEFAULT_TEMPLATES_DIR,)
+        self.roots: tuple[Path, ...] = tuple(roots) if roots else (templates_dir(),)
         self._envs: dict[tuple[str | None, str], SandboxedEnvironment] = {}
         self._templates: dict[tuple[str | None, str, str, str], Template] = {}
         self._shop_dirs: dict[str, bool] = {}
@@ -72,7 +72,7 @@ class TemplateRenderer:
     @classmethod
     def from_settings(cls, settings: Settings) -> TemplateRenderer:
         """Operator templates (``NOTIFICATION_TEMPLATES_DIR``) first, then the defaults."""
-        roots = [DEFAULT_TEMPLATES_DIR]
+        roots = [templates_dir()]
         if settings.NOTIFICATION_TEMPLATES_DIR is not None:
             roots.insert(0, settings.NOTIFICATION_TEMPLATES_DIR)
         return cls(roots)

@@ -1,0 +1,45 @@
+"""Where the files that ship with pgnotify are found: the SQL migrations and the templates.
+
+Both folders live at the top of the repository (``sql/``, ``templates/``); ``pgnotify/sql``
+and ``pgnotify/templates`` are symlinks to them, and the wheel copies their files into the
+package. So a checkout, an editable install and a wheel installed anywhere all find them the
+same way, through the package's resources: never through the working directory.
+
+A folder that is missing or empty is a broken install, never "nothing to do": ``migrate``
+and ``check`` must not report success having found no SQL.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from pgnotify.errors import InstallationError
+
+
+def _packaged(name: str) -> Path:
+    # A wheel is installed as files on disk (pip never imports from a zip), so the
+    # resource is a real directory.
+    return Path(str(resources.files("pgnotify").joinpath(name)))
+
+
+def sql_dir() -> Path:
+    """The folder of numbered migrations; raises when the install has none."""
+    path = _packaged("sql")
+    if not any(path.glob("[0-9][0-9][0-9]_*.sql")):
+        raise InstallationError(
+            f"no SQL migrations in {path}: this install of pgnotify is missing its sql/ folder;"
+            " reinstall the wheel"
+        )
+    return path
+
+
+def templates_dir() -> Path:
+    """The folder of default templates (one folder per locale); raises when it is missing."""
+    path = _packaged("templates")
+    if not (path / "en").is_dir():
+        raise InstallationError(
+            f"no templates in {path}: this install of pgnotify is missing its templates/ folder;"
+            " reinstall the wheel"
+        )
+    return path
