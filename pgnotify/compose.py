@@ -26,16 +26,10 @@ from pgnotify.outcome import classify
 from pgnotify.segments import count_segments, fold_to_gsm7
 from pgnotify.settings import Settings
 from pgnotify.templates import TemplateRenderer
+from pgnotify.text import one_line
 
 _BLANK_LINES = re.compile(r"\n(?:[ \t]*\n){2,}")
-_CONTROLS = {code: " " for code in (*range(32), 127)}
 _MAX_NAME = 100
-
-
-def one_line(value: str, limit: int | None = None) -> str:
-    """Control characters to spaces, whitespace runs to one space, trimmed (and cut)."""
-    flat = " ".join(value.translate(_CONTROLS).split())
-    return flat[:limit].rstrip() if limit and len(flat) > limit else flat
 
 
 class Composer:

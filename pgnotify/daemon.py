@@ -20,20 +20,22 @@ from typing import Any
 import asyncpg
 
 from pgnotify import queries
+from pgnotify.channels.base import Channel
 from pgnotify.channels.registry import build_channels
 from pgnotify.compose import Composer
-from pgnotify.db import init_connection, keep_session
+from pgnotify.db import DB_ERRORS, create_pool
 from pgnotify.health import HealthServer
 from pgnotify.listener import Listener
 from pgnotify.logs import get_logger
 from pgnotify.maintenance import purge_retention, rescue_leases, watchdog
-from pgnotify.outcome import backoff, one_line
-from pgnotify.runtime import Runtime
+from pgnotify.outcome import backoff
+from pgnotify.runtime import Runtime, Shared
 from pgnotify.scheduler import Scheduler
 from pgnotify.settings import Settings
 from pgnotify.systemd import SystemdNotifier
 from pgnotify.templates import TemplateRenderer
-from pgnotify.worker import DB_ERRORS, Worker, db_error
+from pgnotify.text import describe_error, one_line
+from pgnotify.worker import Worker
 
 
 def make_daemon_id() -> str:
@@ -47,16 +49,18 @@ class Daemon:
         renderer = TemplateRenderer.from_settings(settings)
         # A broken default template fails the start, loudly, not every notification.
         renderer.compile_all()
-        self.rt = Runtime(
-            settings=settings,
-            daemon_id=daemon_id or make_daemon_id(),
-            composer=Composer(settings, renderer),
-            channels=build_channels(settings),
-        )
-        self.log = get_logger(component="daemon", daemon=self.rt.daemon_id)
+        self.daemon_id = daemon_id or make_daemon_id()
+        self.composer = Composer(settings, renderer)
+        self.channels: dict[str, Channel] = build_channels(settings)
+        self.shared = Shared()
+        # Built once the pool is connected (``run``); None until then.
+        self.rt: Runtime | None = None
+        # Set once every loop runs and systemd was told READY=1.
+        self.ready = asyncio.Event()
+        self.log = get_logger(component="daemon", daemon=self.daemon_id)
         self.listener = Listener(
             settings.listen_database_url,
-            self.rt.changed.ring,
+            self.shared.changed.ring,
             probe_interval=settings.NOTIFICATION_PROBE_INTERVAL,
             probe_timeout=min(settings.NOTIFICATION_PROBE_INTERVAL, 5.0),
             connect_timeout=settings.NOTIFICATION_DB_TIMEOUT,
@@ -69,15 +73,15 @@ class Daemon:
 
     # -- health -------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        rt, st = self.rt, self.rt.stats
-        pool_up = rt.pool is not None and st.db_ok
+        st, pauses = self.shared.stats, self.shared.pauses
+        pool_up = self.rt is not None and st.db_ok
         channels = {
-            name: {"mode": ch.mode, **rt.pauses.describe(name)} for name, ch in rt.channels.items()
+            name: {"mode": ch.mode, **pauses.describe(name)} for name, ch in self.channels.items()
         }
-        channels["inapp"] = {"mode": "inbox", **rt.pauses.describe("inapp")}
+        channels["inapp"] = {"mode": "inbox", **pauses.describe("inapp")}
         return {
             "ok": bool(self.listener.connected and pool_up),
-            "daemon": rt.daemon_id,
+            "daemon": self.daemon_id,
             "listener_connected": self.listener.connected,
             "pool_connected": pool_up,
             "last_claim_at": st.last_claim_at,
@@ -104,66 +108,45 @@ class Daemon:
         self.stop()
 
     def stop(self) -> None:
-        self.rt.stopping.set()
-        self.rt.work.ring()
-        self.rt.changed.ring()
+        self.shared.stopping.set()
+        self.shared.work.ring()
+        self.shared.changed.ring()
 
-    async def _connect_pool(self) -> asyncpg.Pool:
-        s = self.settings
+    async def _connect_pool(self) -> asyncpg.Pool | None:
+        """The pool, once the database answers; None when a stop came first."""
         failures = 0
-        while True:
+        stopping = self.shared.stopping
+        while not stopping.is_set():
             try:
-                pool: asyncpg.Pool = await asyncpg.create_pool(
-                    s.asyncpg_url,
-                    min_size=1,
-                    max_size=s.NOTIFICATION_WORKERS + 3,
-                    init=init_connection,
-                    reset=keep_session,
-                    command_timeout=s.NOTIFICATION_DB_TIMEOUT,
-                    timeout=s.NOTIFICATION_DB_TIMEOUT,
-                    statement_cache_size=0 if s.DATABASE_PGBOUNCER else 100,
-                    server_settings={
-                        "application_name": "pgnotify",
-                        "timezone": "UTC",
-                        # asyncpg prepares every statement; after five runs Postgres may
-                        # switch to a generic plan, and the claim's generic plan scans
-                        # the whole queue (measured: 11.6 ms against 1.4 ms). Our
-                        # statements are few and cheap to plan: always plan for the values.
-                        "plan_cache_mode": "force_custom_plan",
-                    },
-                )
-                return pool
+                return await create_pool(self.settings)
             except DB_ERRORS as exc:
                 failures += 1
                 delay = backoff(failures, 0.5, 30.0)
-                self.log.warning(
-                    "database_unavailable", error=db_error(exc), retry_in=round(delay, 2)
-                )
-                self.notifier.status(f"waiting for the database: {db_error(exc)[:200]}")
+                error = describe_error(exc)
+                self.log.warning("database_unavailable", error=error, retry_in=round(delay, 2))
+                self.notifier.status(f"waiting for the database: {error[:200]}")
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
-                        await self.rt.stopping.wait()
-                if self.rt.stopping.is_set():
-                    raise asyncio.CancelledError from None
+                        await stopping.wait()
+        return None
 
-    async def _queue_usage_loop(self) -> None:
-        while not self.rt.stopping.is_set():
+    async def _queue_usage_loop(self, rt: Runtime) -> None:
+        while not rt.stopping.is_set():
             with contextlib.suppress(*DB_ERRORS):
-                assert self.rt.pool is not None
-                value = await self.rt.pool.fetchval(queries.NOTIFICATION_QUEUE_USAGE)
+                value = await rt.pool.fetchval(queries.NOTIFICATION_QUEUE_USAGE)
                 self._queue_usage = float(value)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(15):
-                    await self.rt.stopping.wait()
+                    await rt.stopping.wait()
 
     async def run(self, *, install_signals: bool = True) -> int:
         """Run until ``stop()`` or a signal; returns the exit code."""
-        s, rt = self.settings, self.rt
+        s = self.settings
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT) if install_signals else ():
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal, sig.name)
-        modes = {name: ch.mode for name, ch in rt.channels.items()}
+        modes = {name: ch.mode for name, ch in self.channels.items()}
         self.log.info(
             "starting",
             workers=s.NOTIFICATION_WORKERS,
@@ -180,21 +163,23 @@ class Daemon:
             await self.health.start()
             self.log.info("health_listening", address=f"{self.health.host}:{self.health.port}")
         try:
-            try:
-                rt.pool = await self._connect_pool()
-            except asyncio.CancelledError:
+            pool = await self._connect_pool()
+            if pool is None:
                 return 0
+            rt = self.rt = Runtime(
+                s, self.daemon_id, pool, self.composer, self.channels, self.shared
+            )
             rt.db_ok()
-            tasks = await self._start_tasks()
+            tasks = await self._start_tasks(rt)
             await self._supervise(tasks)
-            await self._shutdown(tasks)
+            await self._shutdown(rt, tasks)
         finally:
             if self.health is not None:
                 await self.health.close()
-            for ch in rt.channels.values():
+            for ch in self.channels.values():
                 with contextlib.suppress(Exception):
                     await ch.aclose()
-        self.log.info("stopped", sent=rt.stats.sent, exit_code=self.exit_code)
+        self.log.info("stopped", sent=self.shared.stats.sent, exit_code=self.exit_code)
         return self.exit_code
 
     async def _supervise(self, tasks: dict[str, list[asyncio.Task[None]]]) -> None:
@@ -204,14 +189,14 @@ class Daemon:
         with a dead scheduler or no workers would look healthy while sending nothing:
         better to exit non-zero and let systemd restart us (leases give the rows back).
         """
-        stopping = asyncio.create_task(self.rt.stopping.wait(), name="stop-request")
+        stopping = asyncio.create_task(self.shared.stopping.wait(), name="stop-request")
         core = [*tasks["workers"], *tasks["background"]]
         try:
             done, _ = await asyncio.wait([stopping, *core], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
         died = [t for t in done if t is not stopping]
-        if died and not self.rt.stopping.is_set():
+        if died and not self.shared.stopping.is_set():
             for task in died:
                 exc = None if task.cancelled() else task.exception()
                 self.log.critical(
@@ -224,8 +209,8 @@ class Daemon:
             self.notifier.status("a core task died; stopping")
             self.stop()
 
-    async def _start_tasks(self) -> dict[str, list[asyncio.Task[None]]]:
-        rt, s = self.rt, self.settings
+    async def _start_tasks(self, rt: Runtime) -> dict[str, list[asyncio.Task[None]]]:
+        s = self.settings
         listener = asyncio.create_task(self.listener.run(), name="listener")
         # READY=1 once listening (or after a few seconds: the poll covers a slow LISTEN).
         with contextlib.suppress(TimeoutError):
@@ -241,14 +226,15 @@ class Daemon:
             asyncio.create_task(rescue_leases(rt), name="lease-rescuer"),
             asyncio.create_task(purge_retention(rt), name="retention"),
             asyncio.create_task(watchdog(rt, self.notifier), name="watchdog"),
-            asyncio.create_task(self._queue_usage_loop(), name="queue-usage"),
+            asyncio.create_task(self._queue_usage_loop(rt), name="queue-usage"),
         ]
         self.notifier.ready(f"delivering with {s.NOTIFICATION_WORKERS} workers")
+        self.ready.set()
         self.log.info("ready", listening=self.listener.connected)
         return {"workers": workers, "background": background}
 
-    async def _shutdown(self, tasks: dict[str, list[asyncio.Task[None]]]) -> None:
-        rt, s = self.rt, self.settings
+    async def _shutdown(self, rt: Runtime, tasks: dict[str, list[asyncio.Task[None]]]) -> None:
+        s = self.settings
         workers = tasks["workers"]
         _, pending = await asyncio.wait(workers, timeout=s.NOTIFICATION_SHUTDOWN_GRACE)
         if pending:
@@ -260,7 +246,6 @@ class Daemon:
             t.cancel()
         await asyncio.gather(*tasks["background"], return_exceptions=True)
         await self.listener.close()
-        assert rt.pool is not None
         try:
             async with asyncio.timeout(10):
                 released = await rt.pool.fetch(queries.RELEASE_CLAIMED, rt.daemon_id)
@@ -269,7 +254,7 @@ class Daemon:
         except DB_ERRORS as exc:
             self.log.error(
                 "release_failed",
-                error=db_error(exc),
+                error=describe_error(exc),
                 note="rows return to pending when their lease expires",
             )
         with contextlib.suppress(Exception):

@@ -19,8 +19,10 @@ from typing import Any
 import asyncpg
 
 from pgnotify import queries
+from pgnotify.db import DB_ERRORS
 from pgnotify.logs import get_logger
-from pgnotify.outcome import backoff, one_line
+from pgnotify.outcome import backoff
+from pgnotify.text import describe_error
 
 CHANNEL = "pgnotify"
 
@@ -81,8 +83,8 @@ class Listener:
                 listening = await conn.fetchval(queries.IS_LISTENING, CHANNEL)
         except TimeoutError:
             return f"probe timed out after {self.probe_timeout:g}s (half-open connection?)"
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            return one_line(f"{type(exc).__name__}: {exc}")
+        except DB_ERRORS as exc:
+            return describe_error(exc)
         return None if listening else "channel no longer in pg_listening_channels()"
 
     async def run(self) -> None:
@@ -91,12 +93,12 @@ class Listener:
         while True:
             try:
                 conn = await self._connect()
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DB_ERRORS as exc:
                 failures += 1
                 delay = backoff(failures, 0.2, self.max_backoff)
                 self._log.warning(
                     "listener_connect_failed",
-                    error=one_line(str(exc) or type(exc).__name__),
+                    error=describe_error(exc),
                     retry_in=round(delay, 2),
                 )
                 await asyncio.sleep(delay)

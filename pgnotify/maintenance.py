@@ -2,7 +2,7 @@
 
 - ``rescue_leases``: rows left in ``sending`` by a dead daemon go back to pending.
 - ``purge_retention``: finished rows older than ``NOTIFICATION_RETENTION_DAYS`` go, in
-  small batches, once an hour.
+  small batches, every ``NOTIFICATION_PURGE_INTERVAL`` seconds (hourly by default).
 - ``watchdog``: tells systemd we are alive, but only while the database answers.
 """
 
@@ -12,13 +12,15 @@ import asyncio
 import contextlib
 
 from pgnotify import queries
+from pgnotify.db import DB_ERRORS
 from pgnotify.logs import get_logger
 from pgnotify.runtime import Runtime
 from pgnotify.systemd import SystemdNotifier
-from pgnotify.worker import DB_ERRORS, db_error
+from pgnotify.text import describe_error
 
 PURGE_BATCH = 5000
-PURGE_INTERVAL = 3600.0
+PURGE_FIRST_DELAY = 60.0
+PURGE_RETRY_DELAY = 300.0
 
 
 async def _sleep_or_stop(rt: Runtime, seconds: float) -> bool:
@@ -39,14 +41,13 @@ async def rescue_leases(rt: Runtime) -> None:
     interval = rescue_interval(rt.settings.NOTIFICATION_LEASE_SECONDS)
     while not await _sleep_or_stop(rt, interval):
         try:
-            assert rt.pool is not None
             rows = await rt.pool.fetch(
                 queries.RESCUE_EXPIRED_LEASES,
                 rt.settings.NOTIFICATION_MAX_RETRIES,
                 list(rt.unrecorded),
             )
         except DB_ERRORS as exc:
-            log.warning("lease_rescue_failed", error=db_error(exc))
+            log.warning("lease_rescue_failed", error=describe_error(exc))
             continue
         if rows:
             log.warning("leases_expired", count=len(rows), ids=[r["id"] for r in rows])
@@ -55,12 +56,14 @@ async def rescue_leases(rt: Runtime) -> None:
 async def purge_retention(rt: Runtime) -> None:
     log = get_logger(component="retention")
     days = rt.settings.NOTIFICATION_RETENTION_DAYS
-    delay = 60.0  # first run shortly after start, then hourly
+    interval = rt.settings.NOTIFICATION_PURGE_INTERVAL
+    # The first run comes shortly after the start (not a full interval later), so a
+    # daemon restarted more often than the interval still purges.
+    delay = min(PURGE_FIRST_DELAY, interval)
     while not await _sleep_or_stop(rt, delay):
-        delay = PURGE_INTERVAL
+        delay = interval
         total = 0
         try:
-            assert rt.pool is not None
             while not rt.stopping.is_set():
                 deleted = await rt.pool.fetchval(queries.PURGE_FINISHED, days, PURGE_BATCH)
                 total += int(deleted or 0)
@@ -68,8 +71,8 @@ async def purge_retention(rt: Runtime) -> None:
                     break
                 await asyncio.sleep(0.1)  # let other work in between batches
         except DB_ERRORS as exc:
-            log.warning("purge_failed", error=db_error(exc))
-            delay = 300.0
+            log.warning("purge_failed", error=describe_error(exc))
+            delay = min(PURGE_RETRY_DELAY, interval)
         if total:
             log.info("purged", count=total, older_than_days=days)
 
@@ -79,8 +82,6 @@ async def watchdog(rt: Runtime, notifier: SystemdNotifier) -> None:
     timeout = max(1.0, interval / 2)
     while True:
         try:
-            if rt.pool is None:
-                raise ConnectionError("no connection pool yet")
             async with asyncio.timeout(timeout):
                 await rt.pool.fetchval(queries.PING)
             rt.db_ok()
@@ -88,6 +89,6 @@ async def watchdog(rt: Runtime, notifier: SystemdNotifier) -> None:
                 notifier.watchdog()
         except DB_ERRORS as exc:
             rt.db_failed()
-            get_logger(component="watchdog").warning("db_unreachable", error=db_error(exc))
+            get_logger(component="watchdog").warning("db_unreachable", error=describe_error(exc))
         if await _sleep_or_stop(rt, interval):
             return

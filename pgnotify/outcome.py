@@ -19,10 +19,10 @@ from pgnotify.errors import (
     SkipNotification,
     TransientError,
 )
+from pgnotify.text import one_line
 
 Status = Literal["sent", "pending", "failed", "skipped"]
 JITTER = 0.10
-MAX_ERROR_LENGTH = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +54,6 @@ def retry_delay(attempts: int, delays: Sequence[float]) -> float:
 def backoff(failures: int, base: float, cap: float, rng: random.Random | None = None) -> float:
     """Capped exponential backoff with jitter, for reconnects and channel pauses."""
     return jittered(min(cap, base * (2 ** max(failures - 1, 0))), rng)
-
-
-def one_line(text: str, limit: int = MAX_ERROR_LENGTH) -> str:
-    """``last_error`` is one line of bounded length, whatever a provider answered."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def classify(exc: BaseException) -> DeliveryError:

@@ -1,7 +1,8 @@
 """Channel pauses: a channel whose credentials were rejected stops sending for a while.
 
-Pure bookkeeping over a monotonic clock; the worker consults it before claiming and the
-health socket reports paused channels as degraded.
+Pure bookkeeping over a monotonic clock, and the only place pauses are decided: the worker
+reports each result (``observe``) and consults ``paused()`` before claiming; the health
+socket reports paused channels as degraded.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pgnotify.channels.base import Receipt
+from pgnotify.errors import ConfigurationError
 from pgnotify.outcome import backoff
+from pgnotify.text import one_line
 
 
 @dataclass
@@ -37,6 +41,15 @@ class ChannelPauses:
         delay = backoff(state.failures, self.base, self.cap)
         state.until, state.reason = now + delay, reason
         return delay
+
+    def observe(self, channel: str, result: Receipt | BaseException) -> float:
+        """Account one send's result: rejected credentials pause the channel, a receipt
+        resumes it. Returns the pause in seconds (0 when the channel is not paused)."""
+        if isinstance(result, ConfigurationError):
+            return self.pause(channel, one_line(str(result)))
+        if isinstance(result, Receipt):
+            self.succeeded(channel)
+        return 0.0
 
     def succeeded(self, channel: str) -> None:
         self._states.pop(channel, None)

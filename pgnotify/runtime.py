@@ -1,4 +1,9 @@
-"""The state the daemon's loops share, in one place the health socket can read."""
+"""What the daemon's loops share once it is connected, in one place the health socket reads.
+
+``Shared`` exists from the start (the health socket and signal handlers need it before
+the database answers); ``Runtime`` is built once the pool is connected, so no loop ever
+meets a missing pool.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,6 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from pgnotify.channels.base import Channel
-from pgnotify.channels.inapp import InappChannel
 from pgnotify.compose import Composer
 from pgnotify.pauses import ChannelPauses
 from pgnotify.settings import Settings
@@ -29,15 +33,11 @@ class Stats:
 
 
 @dataclass
-class Runtime:
-    settings: Settings
-    daemon_id: str
-    composer: Composer
-    channels: dict[str, Channel]
-    inapp: InappChannel = field(default_factory=InappChannel)
-    pool: asyncpg.Pool | None = None
-    pauses: ChannelPauses = field(default_factory=ChannelPauses)
+class Shared:
+    """State that outlives connections: counters, pauses, doorbells, the stop request."""
+
     stats: Stats = field(default_factory=Stats)
+    pauses: ChannelPauses = field(default_factory=ChannelPauses)
     # Rung by the scheduler when workers should look for due rows.
     work: Doorbell = field(default_factory=Doorbell)
     # Rung by the listener (NOTIFY) and by workers when the schedule may have changed.
@@ -46,6 +46,42 @@ class Runtime:
     # Rows whose outcome is decided but not yet recorded (the database is away): the
     # lease rescuer must not hand them to another attempt.
     unrecorded: set[int] = field(default_factory=set)
+
+
+@dataclass
+class Runtime:
+    """Everything a loop of a connected daemon needs."""
+
+    settings: Settings
+    daemon_id: str
+    pool: asyncpg.Pool
+    composer: Composer
+    channels: dict[str, Channel]
+    shared: Shared
+
+    @property
+    def stats(self) -> Stats:
+        return self.shared.stats
+
+    @property
+    def pauses(self) -> ChannelPauses:
+        return self.shared.pauses
+
+    @property
+    def work(self) -> Doorbell:
+        return self.shared.work
+
+    @property
+    def changed(self) -> Doorbell:
+        return self.shared.changed
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        return self.shared.stopping
+
+    @property
+    def unrecorded(self) -> set[int]:
+        return self.shared.unrecorded
 
     def db_ok(self) -> None:
         self.stats.db_ok = True

@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 
 from pgnotify import queries
+from pgnotify.db import DB_ERRORS
 from pgnotify.logs import get_logger
 from pgnotify.runtime import Runtime
+from pgnotify.text import describe_error
 from pgnotify.wakeup import Doorbell
-from pgnotify.worker import DB_ERRORS, db_error
 
 # When due rows exist but the workers found none free (another daemon is claiming them,
 # or a transaction holds their locks), look again soon rather than at the next poll.
@@ -45,13 +46,12 @@ class Scheduler:
             due_in: float | None = None
             wait = DB_RETRY
             try:
-                assert rt.pool is not None
                 due_in = await rt.pool.fetchval(queries.NEXT_RUN_AT, rt.pauses.paused())
                 wait = next_wait(
                     due_in, rt.settings.NOTIFICATION_POLL_INTERVAL, rt.pauses.next_resume_in()
                 )
             except DB_ERRORS as exc:
                 rt.db_failed()
-                self.log.warning("schedule_read_failed", error=db_error(exc))
+                self.log.warning("schedule_read_failed", error=describe_error(exc))
             with contextlib.suppress(Exception):
                 await Doorbell.wait(token, wait)

@@ -8,7 +8,6 @@ Secrets can also come from files, for systemd's ``LoadCredential=``: ``SMTP_PASS
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,9 +16,9 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pgnotify.errors import SettingsError
+from pgnotify.segments import is_e164
 
 _SECRET_NAMES = ("DATABASE_URL", "LISTEN_DATABASE_URL", "SMTP_PASSWORD", "TWILIO_AUTH_TOKEN")
-_E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 
 
 class Settings(BaseSettings):
@@ -55,6 +54,8 @@ class Settings(BaseSettings):
     NOTIFICATION_MAX_RETRIES: int = Field(default=3, ge=0, le=100)
     NOTIFICATION_RETRY_DELAYS: Annotated[tuple[float, ...], NoDecode] = (60.0, 300.0, 900.0)
     NOTIFICATION_RETENTION_DAYS: int = Field(default=90, ge=1)
+    # Seconds between retention purges (the first runs within a minute of the start).
+    NOTIFICATION_PURGE_INTERVAL: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
     NOTIFICATION_SEND_TIMEOUT: float = Field(default=30.0, gt=0)
     NOTIFICATION_LEASE_SECONDS: float = Field(default=120.0, gt=0)
     NOTIFICATION_SHUTDOWN_GRACE: float = Field(default=20.0, ge=0)
@@ -105,7 +106,7 @@ class Settings(BaseSettings):
     @field_validator("TWILIO_PHONE_NUMBER")
     @classmethod
     def _e164(cls, value: str | None) -> str | None:
-        if value is not None and not _E164.match(value):
+        if value is not None and not is_e164(value):
             raise ValueError(f"must be an E.164 number like +15551234567, got {value!r}")
         return value
 

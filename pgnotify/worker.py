@@ -1,10 +1,13 @@
-"""Workers: claim a batch, compose it, send it, record the outcomes; repeat.
+"""Workers: claim a batch, compose it, deliver it, record the outcomes; repeat.
 
-Each step is one round trip for the whole batch. A worker that finds nothing waits for
-the scheduler's doorbell. Database errors never kill a worker: it backs off and goes on,
-and outcomes it could not record are retried until they land (or the daemon stops and
-the lease gives the rows back), because a sent message whose outcome is lost would be
-sent again.
+Each step is one round trip for the whole batch and returns its values: ``claim`` the
+claimed rows, ``Composer.compose_batch`` a message (or the error it ended with) per row,
+``deliver`` the sends in flight, ``Delivery.results`` what finished, ``outcomes`` each
+row's next state (``outcome.decide``), ``record`` the ids that landed. A worker that finds
+nothing waits for the scheduler's doorbell. Database errors never kill a worker: it backs
+off and goes on, and outcomes it could not record are retried until they land (or the
+daemon stops and the lease gives the rows back), because a sent message whose outcome is
+lost would be sent again.
 """
 
 from __future__ import annotations
@@ -13,47 +16,33 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from pgnotify import queries
 from pgnotify.channels.base import Channel, InappMessage, Message, Receipt
+from pgnotify.db import DB_ERRORS
 from pgnotify.errors import ConfigurationError, DeliveryError, PermanentError, TransientError
+from pgnotify.inbox import deliver_inapp
 from pgnotify.logs import get_logger
 from pgnotify.model import ClaimedNotification
-from pgnotify.outcome import Outcome, backoff, decide, one_line
+from pgnotify.outcome import Outcome, backoff, decide
 from pgnotify.runtime import Runtime
+from pgnotify.text import describe_error
 from pgnotify.wakeup import Doorbell
-
-DB_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    # asyncpg raises this when a connection the server terminated mid-operation is used
-    # or reset again ("cannot switch to state 15; another operation (2) is in progress",
-    # MagicStack/asyncpg#784): a lost connection like any other, never a reason to die.
-    asyncpg.InternalClientError,
-    OSError,
-    TimeoutError,
-)
-
 
 # At shutdown, how long outcomes may still try to reach an unreachable database.
 STOP_RECORD_GRACE = 5.0
 
 
-def db_error(exc: BaseException) -> str:
-    """A database error as one log line: its class, and its message when it has one.
-
-    Timeouts (asyncio's, and asyncpg's ``command_timeout``) carry no message, so
-    ``str(exc)`` alone would log an empty error exactly when the database hangs.
-    """
-    text = one_line(str(exc))
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def to_claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
-    """The claim's rows as values; siblings get the context sent with the first of them."""
+    """The claim's rows as values; siblings get the context sent with the first of them.
+
+    This is the one place the per-booking context fans out: the claim sends each booking's
+    context once per batch, and every notification of that booking shares the same dict.
+    """
     contexts = {
         (row["booking_id"], row["payment_id"]): row["context"]
         for row in rows
@@ -77,6 +66,49 @@ def to_claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
             )
         )
     return batch
+
+
+@dataclass
+class Delivery:
+    """One batch's deliveries in flight: a task per network send and one inbox write."""
+
+    ended: dict[int, DeliveryError]
+    """Rows that ended before any send: composition failed, channel paused or missing."""
+    sends: dict[int, asyncio.Task[Receipt]]
+    inbox: asyncio.Task[set[int]] | None
+    inbox_ids: list[int]
+
+    async def wait(self) -> None:
+        """Until every send and the inbox write has finished."""
+        tasks: list[asyncio.Future[Any]] = [*self.sends.values()]
+        if self.inbox is not None:
+            tasks.append(self.inbox)
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def results(self) -> tuple[dict[int, Receipt | BaseException], set[int]]:
+        """Each finished row's result, and the in-app ids the inbox write marked sent.
+
+        Whatever has not finished (shutdown past its grace) is cancelled and has no result:
+        the release at shutdown, or the lease, gives it back.
+        """
+        results: dict[int, Receipt | BaseException] = dict(self.ended)
+        for nid, task in self.sends.items():
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                results[nid] = task.exception() or task.result()
+        inbox_sent: set[int] = set()
+        if self.inbox is not None:
+            if not self.inbox.done():
+                self.inbox.cancel()
+            elif not self.inbox.cancelled():
+                if (exc := self.inbox.exception()) is None:
+                    inbox_sent = self.inbox.result()
+                else:
+                    error = TransientError(f"inbox write failed: {describe_error(exc)}")
+                    results.update(dict.fromkeys(self.inbox_ids, error))
+        return results, inbox_sent
 
 
 class Worker:
@@ -109,14 +141,13 @@ class Worker:
         self.rt.db_failed()
         self._db_failures += 1
         delay = backoff(self._db_failures, 0.1, 5.0)
-        self.log.warning(event, error=db_error(exc), retry_in=round(delay, 2))
+        self.log.warning(event, error=describe_error(exc), retry_in=round(delay, 2))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self.rt.stopping.wait()
 
     async def claim(self) -> list[ClaimedNotification]:
         rt = self.rt
-        assert rt.pool is not None
         s = rt.settings
         rows = await rt.pool.fetch(
             queries.CLAIM_DUE,
@@ -134,107 +165,77 @@ class Worker:
         return batch
 
     async def process(self, batch: Sequence[ClaimedNotification]) -> None:
-        """Compose, send and record one claimed batch."""
+        """Compose, deliver and record one claimed batch."""
         started = time.perf_counter()
-        results: dict[int, Receipt | BaseException] = {}
-        delivered_inapp: set[int] = set()
+        delivery = self.deliver(batch, self.rt.composer.compose_batch(batch))
         try:
-            delivered_inapp = await self.dispatch(batch, results)
+            await delivery.wait()
         finally:
             # Also on cancellation (shutdown past its grace): whatever finished is recorded,
             # so a message that went out is not sent again after the release.
-            outcomes = self.decide_all(batch, results)
-            if outcomes or delivered_inapp:
-                await asyncio.shield(self.record(batch, outcomes, delivered_inapp, started))
+            results, inbox_sent = delivery.results()
+            outcomes = self.outcomes(batch, results)
+            if outcomes or inbox_sent:
+                await asyncio.shield(self.record(batch, outcomes, inbox_sent, started))
 
-    async def dispatch(
-        self, batch: Sequence[ClaimedNotification], results: dict[int, Receipt | BaseException]
-    ) -> set[int]:
+    def deliver(
+        self, batch: Sequence[ClaimedNotification], composed: Sequence[Message | DeliveryError]
+    ) -> Delivery:
+        """Start the batch's deliveries: the inbox write and the network sends go together."""
         rt = self.rt
-        composed = rt.composer.compose_batch(batch)
-        inapp: list[tuple[ClaimedNotification, InappMessage]] = []
-        sends = []
         paused = set(rt.pauses.paused())
+        ended: dict[int, DeliveryError] = {}
+        sends: dict[int, asyncio.Task[Receipt]] = {}
+        inapp: list[tuple[ClaimedNotification, InappMessage]] = []
         for n, message in zip(batch, composed, strict=True):
             if isinstance(message, DeliveryError):
-                results[n.id] = message
+                ended[n.id] = message
             elif isinstance(message, InappMessage):
                 inapp.append((n, message))
             elif n.channel in paused:
-                results[n.id] = ConfigurationError(f"{n.channel} channel is paused")
+                ended[n.id] = ConfigurationError(f"{n.channel} channel is paused")
             elif (channel := rt.channels.get(n.channel)) is None:
-                results[n.id] = PermanentError(f"no channel configured for {n.channel!r}")
+                ended[n.id] = PermanentError(f"no channel configured for {n.channel!r}")
             else:
-                sends.append(self._send(channel, n, message, results))
-        # The inbox write and the network sends go out together: neither waits on the other.
-        delivered, _ = await asyncio.gather(
-            self._deliver_inapp(inapp, results), asyncio.gather(*sends)
-        )
-        return delivered
+                sends[n.id] = asyncio.create_task(self._send(channel, message))
+        inbox = None
+        if inapp:
+            inbox = asyncio.create_task(deliver_inapp(rt.pool, rt.daemon_id, inapp))
+        return Delivery(ended, sends, inbox, [n.id for n, _ in inapp])
 
-    async def _deliver_inapp(
-        self,
-        items: Sequence[tuple[ClaimedNotification, InappMessage]],
-        results: dict[int, Receipt | BaseException],
-    ) -> set[int]:
-        rt = self.rt
-        if not items:
-            return set()
-        assert rt.pool is not None
-        try:
-            return await rt.inapp.deliver(rt.pool, rt.daemon_id, items)
-        except DB_ERRORS as exc:
-            for n, _ in items:
-                results[n.id] = TransientError(f"inbox write failed: {db_error(exc)}")
-            return set()
-
-    async def _send(
-        self,
-        channel: Channel,
-        n: ClaimedNotification,
-        message: Message,
-        results: dict[int, Receipt | BaseException],
-    ) -> None:
+    async def _send(self, channel: Channel, message: Message) -> Receipt:
         # Channels enforce the send timeout themselves; this outer bound only guards
         # against a channel that forgets to, so a lease can never be outlived by a send.
-        try:
-            async with asyncio.timeout(self.rt.settings.NOTIFICATION_SEND_TIMEOUT + 5):
-                results[n.id] = await channel.send(message)
-        except Exception as exc:
-            results[n.id] = exc
+        async with asyncio.timeout(self.rt.settings.NOTIFICATION_SEND_TIMEOUT + 5):
+            return await channel.send(message)
 
-    def decide_all(
+    def outcomes(
         self, batch: Sequence[ClaimedNotification], results: dict[int, Receipt | BaseException]
     ) -> list[Outcome]:
-        rt = self.rt
-        s = rt.settings
-        outcomes = []
+        """Each finished row's next state; a result first updates its channel's pause."""
+        s = self.rt.settings
+        out = []
         for n in batch:
             result = results.get(n.id)
             if result is None:
-                continue  # in-app (recorded by its own statement) or never attempted
-            pause = 0.0
-            if isinstance(result, ConfigurationError):
-                pause = rt.pauses.pause(n.channel, one_line(str(result)))
-            elif isinstance(result, Receipt):
-                rt.pauses.succeeded(n.channel)
-            outcomes.append(
+                continue  # in-app (marked by the inbox write) or never finished
+            out.append(
                 decide(
                     n.id,
                     n.attempts,
                     result,
                     max_retries=s.NOTIFICATION_MAX_RETRIES,
                     delays=s.NOTIFICATION_RETRY_DELAYS,
-                    pause=pause,
+                    pause=self.rt.pauses.observe(n.channel, result),
                 )
             )
-        return outcomes
+        return out
 
     async def record(
         self,
         batch: Sequence[ClaimedNotification],
         outcomes: Sequence[Outcome],
-        delivered_inapp: set[int],
+        inbox_sent: set[int],
         started: float,
     ) -> None:
         """Write the outcomes, retrying through database trouble for as long as it lasts.
@@ -252,7 +253,7 @@ class Worker:
             await self._record(outcomes, recorded)
         finally:
             rt.unrecorded.difference_update(ids)
-        self._log_outcomes(batch, outcomes, recorded, delivered_inapp, started)
+        self._log_outcomes(batch, outcomes, recorded, inbox_sent, started)
 
     async def _record(self, outcomes: Sequence[Outcome], recorded: set[int]) -> None:
         rt = self.rt
@@ -260,7 +261,6 @@ class Worker:
         failures = 0
         while outcomes:
             try:
-                assert rt.pool is not None
                 async with rt.pool.acquire() as conn, conn.transaction():
                     rows = await conn.fetch(
                         queries.RECORD_OUTCOMES,
@@ -286,7 +286,7 @@ class Worker:
                         self.log.error(
                             "outcomes_lost",
                             ids=[o.id for o in outcomes],
-                            error=db_error(exc),
+                            error=describe_error(exc),
                             note="rows return to pending when their lease expires",
                         )
                         return
@@ -295,7 +295,7 @@ class Worker:
                 self.log.warning(
                     "record_failed",
                     count=len(outcomes),
-                    error=db_error(exc),
+                    error=describe_error(exc),
                     retry_in=round(delay, 2),
                 )
                 await asyncio.sleep(delay)
@@ -305,12 +305,12 @@ class Worker:
         batch: Sequence[ClaimedNotification],
         outcomes: Sequence[Outcome],
         recorded: set[int],
-        delivered_inapp: set[int],
+        inbox_sent: set[int],
         started: float,
     ) -> None:
         stats = self.rt.stats
         by_id = {n.id: n for n in batch}
-        sent_ids = sorted(delivered_inapp)
+        sent_ids = sorted(inbox_sent)
         for o in outcomes:
             n = by_id[o.id]
             if o.id not in recorded:

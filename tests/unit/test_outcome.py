@@ -20,9 +20,9 @@ from pgnotify.outcome import (
     classify,
     decide,
     jittered,
-    one_line,
     retry_delay,
 )
+from pgnotify.text import one_line
 
 DELAYS = (60.0, 300.0, 900.0)
 
