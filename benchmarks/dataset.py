@@ -1,26 +1,17 @@
-"""The benchmark's own database: created fresh, migrated, seeded set-based, dropped after.
+"""What the benchmark puts in its own database (``devcluster.fresh_database``): seeded
+set-based, queued in bursts, reset between measurements.
 
 Every statement the benchmark runs against the schema is here, named, on one page. The
 world is a few dozen shops and a few thousand customers; queue rows are inserted with one
-``insert … select … from generate_series`` against real bookings, so the daemon's
-``render_context()`` finds a real booking, shop, staff, service and customer for each.
+``insert … select … from generate_series`` against real bookings, so the claim's
+``render_contexts()`` finds a real booking, shop, staff, service and customer for each.
 """
 
 from __future__ import annotations
 
-import contextlib
-import getpass
-import os
-import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import asyncpg
-import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-from pgnotify.devcluster import answers
-from pgnotify.migrate import migrate
 
 SHOPS = 40
 CUSTOMERS = 4000
@@ -154,60 +145,6 @@ where not exists (select 1 from public.bench_bookings k where k.id = b.id)
 """
 
 
-@dataclass(frozen=True)
-class Server:
-    """The server the benchmark creates its database on, and how it was found."""
-
-    admin_dsn: str
-    how: str
-
-
-def find_server(stack: contextlib.ExitStack) -> Server:
-    """``PGNOTIFY_BENCH_DSN``, else 127.0.0.1:5432, else a throw-away local cluster."""
-    env = os.environ.get("PGNOTIFY_BENCH_DSN")
-    if env:
-        if not answers(env):
-            raise SystemExit(f"PGNOTIFY_BENCH_DSN does not answer: {env}")
-        return Server(env, "PGNOTIFY_BENCH_DSN")
-    for user in dict.fromkeys([os.environ.get("PGUSER") or "", getpass.getuser(), "postgres"]):
-        if user and answers(dsn := f"postgresql://{user}@127.0.0.1:5432/postgres"):
-            return Server(dsn, f"local server 127.0.0.1:5432 as {user}")
-    from tests.pgcluster import LocalCluster
-
-    cluster = LocalCluster().init()
-    cluster.start()
-    stack.callback(cluster.destroy)
-    return Server(cluster.dsn, f"throw-away cluster on port {cluster.port} (fsync=off)")
-
-
-def with_dbname(dsn: str, dbname: str) -> str:
-    params = conninfo_to_dict(dsn)
-    params["dbname"] = dbname
-    return make_conninfo("", **params)
-
-
-def as_url(dsn: str) -> str:
-    from pgnotify.db import as_url as to_url
-
-    return to_url(dsn)
-
-
-@contextlib.contextmanager
-def fresh_database(server: Server, *, keep: bool = False) -> Iterator[str]:
-    """A new database, migrated with ``pgnotify.migrate``, dropped afterwards."""
-    name = f"pgnotify_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(server.admin_dsn, autocommit=True) as admin:
-        admin.execute(f'create database "{name}"')
-    dsn = with_dbname(server.admin_dsn, name)
-    try:
-        migrate(dsn)
-        yield dsn
-    finally:
-        if not keep:
-            with psycopg.connect(server.admin_dsn, autocommit=True) as admin:
-                admin.execute(f'drop database if exists "{name}" with (force)')
-
-
 async def seed_world(conn: asyncpg.Connection) -> None:
     """Shops, staff, services, customers and ``bench_pairs`` (no bookings yet)."""
     shops, staff, services, customers, *rest = SEED_WORLD
@@ -262,24 +199,6 @@ BARE_COMPLETE = """
 update pgnotify.notifications
    set status = 'sent', sent_at = now(), lease_until = null, updated_at = now()
  where id = any ($1::bigint[]) and status = 'sending' and claimed_by = $2
-"""
-
-# -- bare_lock --
-# The one-UPDATE alternative for in-app rows: lock due rows inside a transaction (no
-# 'sending' write, no lease), then mark them sent in the same transaction.
-BARE_LOCK = """
-select id from pgnotify.notifications
-where status = 'pending' and run_at <= now()
-order by run_at, id
-limit $1
-for update skip locked
-"""
-
-# -- bare_sent --
-BARE_SENT = """
-update pgnotify.notifications
-   set status = 'sent', sent_at = now(), attempts = attempts + 1, updated_at = now()
- where id = any ($1::bigint[])
 """
 
 # -- insert_history --

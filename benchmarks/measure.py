@@ -97,15 +97,13 @@ async def bare_loop(
     batch: int,
     loops: int,
     dbname: str,
-    one_update: bool = False,
 ) -> dict[str, Any]:
     """Rows/s of ``loops`` connections each running claim (CTE, SKIP LOCKED, ``batch``)
     then complete (``UPDATE … WHERE id = ANY``) until ``rows`` pending rows are sent.
 
     The clock starts after the rows are committed and the connections are open, and stops
     when every loop found nothing left. Each statement is its own transaction, as in the
-    daemon; ``one_update`` instead locks the batch and marks it sent in one transaction
-    (one UPDATE per row instead of two).
+    daemon.
     """
     await conn.execute(ds.RESET_QUEUE)
     await ds.insert_due(conn, rows, ["inapp"], uuid.uuid4().hex[:8])
@@ -115,16 +113,10 @@ async def bare_loop(
     async def one(c: asyncpg.Connection, who: str) -> int:
         moved = 0
         while True:
-            if one_update:
-                async with c.transaction():
-                    ids = [r[0] for r in await c.fetch(ds.BARE_LOCK, batch)]
-                    await c.execute(ds.BARE_SENT, ids)
-            else:
-                ids = [r[0] for r in await c.fetch(ds.BARE_CLAIM, batch, who)]
-                if ids:
-                    await c.execute(ds.BARE_COMPLETE, ids, who)
+            ids = [r[0] for r in await c.fetch(ds.BARE_CLAIM, batch, who)]
             if not ids:
                 return moved
+            await c.execute(ds.BARE_COMPLETE, ids, who)
             moved += len(ids)
 
     meter = CpuMeter([], dbname)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.peers.smtp import free_port
+from pgnotify.devcluster import free_port
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Warnings a healthy benchmark run emits on purpose (the outbox is the point of it).
@@ -254,51 +254,3 @@ class DaemonProcess:
         if not self.log_path.exists():
             return "(no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-_PEERS_SCRIPT = """
-import json, sys
-from tests.peers.smtp import SmtpPeer
-from tests.peers.twilio import TwilioPeer
-smtp, twilio = SmtpPeer().start(), TwilioPeer().start()
-print(json.dumps({"smtp_host": smtp.host, "smtp_port": smtp.port, "twilio_url": twilio.base_url,
-                  "sid": twilio.account_sid, "token": twilio.auth_token}), flush=True)
-sys.stdin.read()
-smtp.stop()
-twilio.stop()
-"""
-
-
-class PeerProcess:
-    """The SMTP and Twilio-shaped test peers in a process of their own, so that their
-    threads never compete for a GIL with a daemon measured in this process."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _PEERS_SCRIPT],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-        assert self.proc.stdout is not None
-        self.info: dict[str, Any] = json.loads(self.proc.stdout.readline())
-
-    def settings(self) -> dict[str, Any]:
-        return {
-            "SMTP_SERVER": self.info["smtp_host"],
-            "SMTP_PORT": self.info["smtp_port"],
-            "SMTP_SECURITY": "none",
-            "TWILIO_ACCOUNT_SID": self.info["sid"],
-            "TWILIO_AUTH_TOKEN": self.info["token"],
-            "TWILIO_PHONE_NUMBER": "+15550001111",
-            "TWILIO_API_URL": self.info["twilio_url"],
-        }
-
-    def stop(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)

@@ -7,49 +7,45 @@ SMTP server answer 451/421 or stall past the send timeout, makes Twilio answer 5
 At the end it waits for the queue to drain and prints what was sent, failed, duplicated
 and lost, and the daemon's RSS over time. Not part of ``make test``.
 
+Its database is a fresh one on the server ``devcluster.find_server`` finds
+(``PGNOTIFY_SOAK_DSN`` first), dropped at the end.
+
     python -m benchmarks.soak [--minutes 10] [--rate 10]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from pgnotify.migrate import migrate
+from benchmarks.procs import daemon_env, memory_kib
+from pgnotify.devcluster import NoServer, find_server, fresh_database
 from tests.peers.smtp import SmtpPeer
 from tests.peers.twilio import TwilioPeer
 
-ADMIN = os.environ.get("PGNOTIFY_SOAK_DSN", "postgresql://root@127.0.0.1:5432/postgres")
-
 
 def rss_kib(pid: int) -> int:
+    """The daemon's RSS in KiB, 0 when it is gone (between a kill and its restart)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+        return memory_kib(pid)["VmRSS"]
+    except (OSError, KeyError):
+        return 0
 
 
 class Soak:
-    def __init__(self, minutes: float, rate: float, seed: int) -> None:
-        self.minutes, self.rate = minutes, rate
+    def __init__(self, dsn: str, minutes: float, rate: float, seed: int) -> None:
+        self.dsn, self.minutes, self.rate = dsn, minutes, rate
         self.rng = random.Random(seed)
-        self.dbname = f"pgnotify_soak_{uuid.uuid4().hex[:6]}"
-        self.dsn = ADMIN.rsplit("/", 1)[0] + f"/{self.dbname}"
         self.smtp = SmtpPeer().start()
         self.twilio = TwilioPeer().start()
         self.workdir = Path(tempfile.mkdtemp(prefix="pgnotify-soak-"))
@@ -60,38 +56,32 @@ class Soak:
 
     # -- the daemon ---------------------------------------------------------------------
     def env(self) -> dict[str, str]:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("NOTIFICATION_", "SMTP_", "TWILIO_"))
-        }
-        env.update(
+        return daemon_env(
             {
                 "DATABASE_URL": self.dsn,
                 "SMTP_SERVER": self.smtp.host,
-                "SMTP_PORT": str(self.smtp.port),
+                "SMTP_PORT": self.smtp.port,
                 "SMTP_SECURITY": "none",
                 "FROM_EMAIL": "soak@pgnotify.example",
                 "TWILIO_ACCOUNT_SID": self.twilio.account_sid,
                 "TWILIO_AUTH_TOKEN": self.twilio.auth_token,
                 "TWILIO_PHONE_NUMBER": "+15550001111",
                 "TWILIO_API_URL": self.twilio.base_url,
-                "NOTIFICATION_WORKERS": "3",
-                "NOTIFICATION_BATCH_SIZE": "20",
+                "NOTIFICATION_WORKERS": 3,
+                "NOTIFICATION_BATCH_SIZE": 20,
                 "NOTIFICATION_RETRY_DELAYS": "1,2,4",
-                "NOTIFICATION_MAX_RETRIES": "6",
-                "NOTIFICATION_SEND_TIMEOUT": "2",
-                "NOTIFICATION_LEASE_SECONDS": "6",
-                "NOTIFICATION_SHUTDOWN_GRACE": "3",
-                "NOTIFICATION_PROBE_INTERVAL": "1",
-                "NOTIFICATION_DB_TIMEOUT": "3",
+                "NOTIFICATION_MAX_RETRIES": 6,
+                "NOTIFICATION_SEND_TIMEOUT": 2,
+                "NOTIFICATION_LEASE_SECONDS": 6,
+                "NOTIFICATION_SHUTDOWN_GRACE": 3,
+                "NOTIFICATION_PROBE_INTERVAL": 1,
+                "NOTIFICATION_DB_TIMEOUT": 3,
                 "NOTIFICATION_HEALTH_ADDR": "",
                 "NOTIFICATION_LOG_LEVEL": "warning",
                 "NOTIFICATION_LOG_FORMAT": "json",
-                "NOTIFICATION_OUTBOX_DIR": str(self.workdir / "outbox"),
+                "NOTIFICATION_OUTBOX_DIR": self.workdir / "outbox",
             }
         )
-        return env
 
     def start_daemon(self) -> None:
         log = (self.workdir / "daemon.log").open("ab")
@@ -131,8 +121,7 @@ class Soak:
         elif fault == "terminate_backends":
             conn.execute(
                 "select pg_terminate_backend(pid) from pg_stat_activity"
-                " where datname = %s and application_name like 'pgnotify%%'",
-                (self.dbname,),
+                " where datname = current_database() and application_name like 'pgnotify%'"
             )
         elif fault == "smtp_451":
             self.smtp.fail_next("451 4.3.0 soak says later", count=self.rng.randint(1, 5))
@@ -148,27 +137,24 @@ class Soak:
             self.twilio.stall_next(3.0, count=self.rng.randint(1, 3))
 
     # -- the run ------------------------------------------------------------------------
-    def setup(self, conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
-        conn.execute(f'create database "{self.dbname}"')
-        migrate(self.dsn)
-        with psycopg.connect(self.dsn, autocommit=True) as db:
-            ids = db.execute(
-                "with s as (insert into booking.shops (name, timezone) values"
-                " ('Soak Shop', 'Europe/Madrid') returning id),"
-                " st as (insert into booking.staff (shop_id, name) select id, 'Sam' from s"
-                " returning id),"
-                " sv as (insert into booking.services (shop_id, name, duration_minutes,"
-                " price_cents) select id, 'Cut', 30, 2000 from s returning id)"
-                " select s.id, st.id, sv.id from s, st, sv"
-            ).fetchone()
-            assert ids is not None
-            # Reminders in seconds for this shop, so they come due during the soak.
-            db.execute(
-                "insert into pgnotify.reminder_rules (shop_id, kind, before_start)"
-                " values (%s, 'reminder_24h', '20 seconds'),"
-                " (%s, 'reminder_2h', '8 seconds')",
-                (ids[0], ids[0]),
-            )
+    def setup(self, db: psycopg.Connection[Any]) -> tuple[Any, ...]:
+        ids = db.execute(
+            "with s as (insert into booking.shops (name, timezone) values"
+            " ('Soak Shop', 'Europe/Madrid') returning id),"
+            " st as (insert into booking.staff (shop_id, name) select id, 'Sam' from s"
+            " returning id),"
+            " sv as (insert into booking.services (shop_id, name, duration_minutes,"
+            " price_cents) select id, 'Cut', 30, 2000 from s returning id)"
+            " select s.id, st.id, sv.id from s, st, sv"
+        ).fetchone()
+        assert ids is not None
+        # Reminders in seconds for this shop, so they come due during the soak.
+        db.execute(
+            "insert into pgnotify.reminder_rules (shop_id, kind, before_start)"
+            " values (%s, 'reminder_24h', '20 seconds'),"
+            " (%s, 'reminder_2h', '8 seconds')",
+            (ids[0], ids[0]),
+        )
         return tuple(ids)
 
     def book(self, db: psycopg.Connection[Any], ids: tuple[Any, ...], n: int) -> None:
@@ -188,31 +174,29 @@ class Soak:
             )
 
     def run(self) -> int:
-        with psycopg.connect(ADMIN, autocommit=True) as admin:
-            ids = self.setup(admin)
+        with psycopg.connect(self.dsn, autocommit=True) as db:
+            ids = self.setup(db)
             self.start_daemon()
             started = time.monotonic()
             end = started + self.minutes * 60
             next_fault = started + self.rng.uniform(3, 8)
             next_sample = started
             n = 0
-            with psycopg.connect(self.dsn, autocommit=True) as db:
-                while time.monotonic() < end:
-                    self.book(db, ids, n)
-                    n += 1
-                    now = time.monotonic()
-                    if now >= next_fault:
-                        self.inject(admin)
-                        next_fault = now + self.rng.uniform(3, 8)
-                    if now >= next_sample and self.proc is not None:
-                        self.rss.append((now - started, rss_kib(self.proc.pid)))
-                        next_sample = now + 10
-                    time.sleep(max(0.0, 1 / self.rate - (time.monotonic() - now)))
-                print(f"inserted {n} bookings in {self.minutes:g} min; draining...", flush=True)
-                drained = self.drain(db)
-                self.report(db, n, drained)
-                self.stop_daemon(signal.SIGTERM)
-            admin.execute(f'drop database "{self.dbname}" with (force)')
+            while time.monotonic() < end:
+                self.book(db, ids, n)
+                n += 1
+                now = time.monotonic()
+                if now >= next_fault:
+                    self.inject(db)
+                    next_fault = now + self.rng.uniform(3, 8)
+                if now >= next_sample and self.proc is not None:
+                    self.rss.append((now - started, rss_kib(self.proc.pid)))
+                    next_sample = now + 10
+                time.sleep(max(0.0, 1 / self.rate - (time.monotonic() - now)))
+            print(f"inserted {n} bookings in {self.minutes:g} min; draining...", flush=True)
+            drained = self.drain(db)
+            self.report(db, n, drained)
+            self.stop_daemon(signal.SIGTERM)
         self.smtp.stop()
         self.twilio.stop()
         return 0
@@ -279,7 +263,15 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=10.0, help="bookings per second")
     parser.add_argument("--seed", type=int, default=int(time.time()))
     args = parser.parse_args()
-    return Soak(args.minutes, args.rate, args.seed).run()
+    try:
+        with (
+            find_server(dsn_env="PGNOTIFY_SOAK_DSN") as server,
+            fresh_database(server.admin_dsn, prefix="pgnotify_soak") as dsn,
+        ):
+            print(f"postgres: {server.how}", flush=True)
+            return Soak(dsn, args.minutes, args.rate, args.seed).run()
+    except NoServer as exc:
+        raise SystemExit(f"benchmarks.soak: {exc}") from None
 
 
 if __name__ == "__main__":

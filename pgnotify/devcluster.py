@@ -1,27 +1,40 @@
-"""A local PostgreSQL cluster made with the machine's own ``initdb``/``pg_ctl``.
+"""Find or start a PostgreSQL for development: ``make run``, the tests, the benchmarks.
 
-For development and tests only: ``make run`` keeps one under ``.pgdata/`` when no server
-answers, and the test suite makes throw-away ones (also to restart or stop Postgres under
-a daemon, never the shared server). Postgres refuses to run as root, so as root the
-cluster is owned by and run as an unprivileged user (``postgres`` if it exists, else
-``nobody``).
+``find_server`` is the one search all three use (a configured DSN, a server on
+127.0.0.1:5432, testcontainers, then a cluster of the machine's own ``initdb``/``pg_ctl``),
+and ``fresh_database`` the one way they make a database of their own and drop it.
+``make run`` keeps its cluster under ``.pgdata/``; the tests and benchmarks make
+throw-away ones (the fault tests also to restart or stop Postgres under a daemon, never
+the shared server). Postgres refuses to run as root, so as root a cluster is owned by and
+run as an unprivileged user (``postgres`` if it exists, else ``nobody``).
 
 ``python -m pgnotify.devcluster`` prints a ``DATABASE_URL`` for ``make run``: the one
-configured, else a server on localhost, else the ``.pgdata/`` cluster, started as needed.
+configured, else the ``pgnotify`` database on the server ``find_server`` finds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import glob
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
-import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pgnotify.db import as_url
+from pgnotify.migrate import migrate
+from pgnotify.settings import load_settings
 
 
 def find_pg_bin(name: str) -> str | None:
@@ -135,37 +148,37 @@ class LocalCluster:
             "start",
         )
 
-    def stop(self, mode: str = "fast") -> None:
-        assert self.pg_ctl
-        self._run(self.pg_ctl, "-D", str(self.datadir), "-m", mode, "-w", "stop", check=False)
-
     def restart(self) -> None:
+        """Stop and start again (the fault tests restart Postgres under a daemon)."""
         self.stop()
         self.start()
 
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=1),
-            ):
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"postgres on port {self.port} did not come up")
+    def stop(self, mode: str = "fast") -> None:
+        assert self.pg_ctl
+        self._run(self.pg_ctl, "-D", str(self.datadir), "-m", mode, "-w", "stop", check=False)
 
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-DEV_PORT = 54329
+DEV_PORT = 54329  # the port of make run's .pgdata/ cluster
+
+
+@dataclass(frozen=True)
+class Server:
+    """A PostgreSQL server to create databases on: a superuser's DSN, and how it was found."""
+
+    admin_dsn: str
+    how: str
+
+
+class NoServer(RuntimeError):
+    """No PostgreSQL could be found or started; the message says what was tried."""
 
 
 def answers(dsn: str) -> bool:
     """True when a PostgreSQL server accepts this DSN and answers a query."""
-    import psycopg
-
     try:
         with psycopg.connect(dsn, connect_timeout=3) as conn:
             conn.execute("select 1")
@@ -174,49 +187,145 @@ def answers(dsn: str) -> bool:
         return False
 
 
-def _ensure_database(admin_dsn: str, url_without_db: str, name: str = "pgnotify") -> str:
-    import psycopg
+def _docker_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]  # docker ships no type information
 
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:  # no package, no socket, no engine: all mean "no Docker here"
+        return False
+
+
+def _local_cluster(stack: contextlib.ExitStack, base: Path | None, port: int | None) -> Server:
+    """The cluster in ``base`` (created and started as needed, left running), or with no
+    ``base`` a throw-away one that is destroyed when ``stack`` closes."""
+    cluster = LocalCluster(port=port, base=base)
+    where = f"127.0.0.1:{cluster.port}" + (f" as user {cluster.user}" if cluster.user else "")
+    if base is None:
+        stack.callback(cluster.destroy)
+        cluster.init().start()
+        return Server(cluster.dsn, f"a throw-away cluster on {where} (fsync=off)")
+    if not cluster.initialised:
+        cluster.init()
+        cluster.start()
+        return Server(cluster.dsn, f"a new local cluster in {base} on {where}")
+    if cluster.running:
+        return Server(cluster.dsn, f"the local cluster in {base} on {where}")
+    cluster.start()
+    return Server(cluster.dsn, f"the local cluster in {base}, started on {where}")
+
+
+@contextlib.contextmanager
+def find_server(
+    *,
+    dsn_env: str | None = None,
+    containers: bool = True,
+    cluster_dir: Path | None = None,
+    cluster_port: int | None = None,
+) -> Iterator[Server]:
+    """The first PostgreSQL that answers, in this order; anything started for it is
+    stopped when the ``with`` block ends, except a cluster kept in ``cluster_dir``.
+
+    1. the DSN in the environment variable ``dsn_env``, when it is set (passed over, and
+       said so, when it does not answer);
+    2. a server on 127.0.0.1:5432, as ``$PGUSER``, the login user or ``postgres``;
+    3. with ``containers``, testcontainers' PostgreSQL when a Docker engine answers;
+    4. a cluster of the machine's ``initdb``/``pg_ctl``: the one kept in ``cluster_dir``
+       (on ``cluster_port``), else a throw-away one.
+
+    Raises ``NoServer`` naming everything tried. The tests, the benchmarks and ``make run``
+    (which keeps ``.pgdata/`` and wants no container that dies with this process) all
+    search through here.
+    """
+    with contextlib.ExitStack() as stack:
+        yield _search(stack, dsn_env, containers, cluster_dir, cluster_port)
+
+
+def _search(
+    stack: contextlib.ExitStack,
+    dsn_env: str | None,
+    containers: bool,
+    cluster_dir: Path | None,
+    cluster_port: int | None,
+) -> Server:
+    tried: list[str] = []
+    if dsn_env is not None:
+        dsn = os.environ.get(dsn_env)
+        if dsn and answers(dsn):
+            return Server(dsn, dsn_env)
+        tried.append(f"{dsn_env} ({'did not answer' if dsn else 'unset'})")
+    for user in dict.fromkeys([os.environ.get("PGUSER") or "", getpass.getuser(), "postgres"]):
+        if user and answers(local := f"postgresql://{user}@127.0.0.1:5432/postgres"):
+            return Server(local, f"the server on 127.0.0.1:5432 as {user}")
+    tried.append("127.0.0.1:5432 (no answer)")
+    if containers:
+        if _docker_answers():
+            try:
+                from testcontainers.postgres import PostgresContainer
+
+                container = stack.enter_context(
+                    PostgresContainer("postgres:16-alpine", driver=None)
+                )
+                return Server(container.get_connection_url(), "testcontainers")
+            except Exception as exc:  # an image pull or start failure: try the next way
+                tried.append(f"testcontainers ({exc})")
+        else:
+            tried.append("testcontainers (no Docker engine)")
+    try:
+        return _local_cluster(stack, cluster_dir, cluster_port)
+    except (OSError, RuntimeError) as exc:
+        tried.append(f"local initdb/pg_ctl ({exc})")
+    raise NoServer("no PostgreSQL found; tried: " + "; ".join(tried))
+
+
+def with_dbname(dsn: str, dbname: str) -> str:
+    """The same connection string, naming another database."""
+    params = conninfo_to_dict(dsn)
+    params["dbname"] = dbname
+    return make_conninfo("", **params)
+
+
+@contextlib.contextmanager
+def fresh_database(
+    admin_dsn: str, *, prefix: str, migrated: bool = True, keep: bool = False
+) -> Iterator[str]:
+    """A new database named ``prefix_<pid>_<random>`` on ``admin_dsn``'s server, migrated
+    unless ``migrated`` is false; its DSN. Dropped (with its connections) afterwards,
+    unless ``keep``."""
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(f'create database "{name}"')
+    try:
+        dsn = with_dbname(admin_dsn, name)
+        if migrated:
+            migrate(dsn)
+        yield dsn
+    finally:
+        if not keep:
+            with psycopg.connect(admin_dsn, autocommit=True) as admin:
+                admin.execute(f'drop database if exists "{name}" with (force)')
+
+
+def _ensure_database(admin_dsn: str, name: str = "pgnotify") -> str:
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         if not conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone():
             conn.execute(f'create database "{name}"')
-    return f"{url_without_db}/{name}"
+    return as_url(with_dbname(admin_dsn, name))
 
 
 def dev_database_url(project_dir: Path) -> str:
-    """DATABASE_URL if configured, else a local server, else the ``.pgdata/`` cluster."""
-    import getpass
-    import sys
-
-    from pgnotify.settings import load_settings
-
+    """DATABASE_URL if configured; else the ``pgnotify`` database (created if missing) on
+    the first server ``find_server`` finds, keeping a cluster in ``.pgdata/``."""
     settings = load_settings()
     if "DATABASE_URL" in settings.model_fields_set:
         print("pgnotify: using DATABASE_URL", file=sys.stderr)
         return settings.database_url
-    for user in dict.fromkeys([getpass.getuser(), "postgres"]):
-        base = f"postgresql://{user}@127.0.0.1:5432"
-        if answers(f"{base}/postgres"):
-            print(
-                f"pgnotify: using the PostgreSQL server on 127.0.0.1:5432 as {user}",
-                file=sys.stderr,
-            )
-            return _ensure_database(f"{base}/postgres", base)
-    cluster = LocalCluster(port=DEV_PORT, base=project_dir / ".pgdata")
-    who = f" as user {cluster.user}" if cluster.user else ""
-    if not cluster.initialised:
-        print(
-            f"pgnotify: no PostgreSQL answers; creating a local cluster in .pgdata/{who}",
-            file=sys.stderr,
-        )
-        cluster.init()
-    if not cluster.running:
-        print(
-            f"pgnotify: starting the .pgdata/ cluster on 127.0.0.1:{DEV_PORT}{who}", file=sys.stderr
-        )
-        cluster.start()
-    base = f"postgresql://postgres@127.0.0.1:{DEV_PORT}"
-    return _ensure_database(f"{base}/postgres", base)
+    with find_server(
+        containers=False, cluster_dir=project_dir / ".pgdata", cluster_port=DEV_PORT
+    ) as server:
+        print(f"pgnotify: using {server.how}", file=sys.stderr)
+        return _ensure_database(server.admin_dsn)
 
 
 if __name__ == "__main__":

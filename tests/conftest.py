@@ -6,27 +6,43 @@ The server is found in this order, and the first that answers is used:
   (c) testcontainers' PostgreSQL, when a Docker engine answers;
   (d) a throw-away cluster from the local ``initdb``/``pg_ctl``.
 If none works the session fails, saying what was tried; it never skips.
+
+Hypothesis runs under the profile named by ``HYPOTHESIS_PROFILE``: ``dev`` (the default:
+hypothesis' own settings, new random examples each run, failures replayed from
+``.hypothesis/``) or ``ci`` (``.ci/run``: the same examples on every run, no deadline, no
+example database, and a reproduction blob printed with any failure).
 """
 
 from __future__ import annotations
 
 import contextlib
-import getpass
 import os
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from hypothesis import settings
 
-from pgnotify.devcluster import LocalCluster, answers
-from pgnotify.migrate import migrate
+from pgnotify.devcluster import NoServer, find_server, fresh_database, with_dbname
+from pgnotify.devcluster import Server as PgServer
 
 # The SMTP and Twilio-shaped peers, shared by every suite that sends.
 pytest_plugins = ["tests.peers.fixtures"]
+
+# Loaded here, before any test module is imported: a test's own @settings(...) takes its
+# unspecified values from the profile active when it is decorated. Explicit values such as
+# max_examples=40 stay as written under either profile.
+settings.register_profile("dev")
+settings.register_profile(
+    "ci",
+    derandomize=True,  # examples derived from each test's source: a red CI run reproduces
+    max_examples=100,
+    deadline=None,  # a loaded CI machine must not turn slowness into failures
+    database=None,  # a clean clone: nothing replayed from, or written to, .hypothesis/
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 _DATA_TABLES = (
     "pgnotify.inbox, pgnotify.notifications, pgnotify.opt_outs, booking.payments, "
@@ -34,83 +50,26 @@ _DATA_TABLES = (
 )
 
 
-def _docker_answers() -> bool:
-    try:
-        import docker  # type: ignore[import-untyped]
-
-        docker.from_env(timeout=3).ping()
-        return True
-    except Exception:
-        return False
-
-
-@dataclass
-class PgServer:
-    admin_dsn: str
-    how: str
-
-
-def _find_server(stack: contextlib.ExitStack) -> PgServer:
-    tried: list[str] = []
-    env = os.environ.get("PGNOTIFY_TEST_DSN")
-    if env:
-        if answers(env):
-            return PgServer(env, "PGNOTIFY_TEST_DSN")
-        tried.append("PGNOTIFY_TEST_DSN (did not answer)")
-    else:
-        tried.append("PGNOTIFY_TEST_DSN (unset)")
-    for user in dict.fromkeys([os.environ.get("PGUSER") or "", getpass.getuser(), "postgres"]):
-        if not user:
-            continue
-        dsn = f"postgresql://{user}@127.0.0.1:5432/postgres"
-        if answers(dsn):
-            return PgServer(dsn, f"local server 127.0.0.1:5432 as {user}")
-    tried.append("127.0.0.1:5432 (no answer)")
-    if _docker_answers():
-        try:
-            from testcontainers.postgres import PostgresContainer
-
-            container = stack.enter_context(PostgresContainer("postgres:16-alpine", driver=None))
-            return PgServer(container.get_connection_url(), "testcontainers")
-        except Exception as exc:
-            tried.append(f"testcontainers ({exc})")
-    else:
-        tried.append("testcontainers (no Docker engine)")
-    try:
-        cluster = LocalCluster().init()
-        cluster.start()
-        stack.callback(cluster.destroy)
-        return PgServer(cluster.dsn, f"throw-away cluster on port {cluster.port}")
-    except Exception as exc:
-        tried.append(f"local initdb/pg_ctl ({exc})")
-    pytest.fail("no PostgreSQL for the tests; tried: " + "; ".join(tried), pytrace=False)
-
-
-def with_dbname(dsn: str, dbname: str) -> str:
-    params = conninfo_to_dict(dsn)
-    params["dbname"] = dbname
-    return make_conninfo("", **params)  # type: ignore[arg-type]
+# Tests import these two from here; they live in pgnotify.devcluster.
+__all__ = ["PgServer", "with_dbname"]
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
+    """The session's PostgreSQL, found as the module docstring says (``find_server``)."""
     with contextlib.ExitStack() as stack:
-        yield _find_server(stack)
+        try:
+            server = stack.enter_context(find_server(dsn_env="PGNOTIFY_TEST_DSN"))
+        except NoServer as exc:
+            pytest.fail(f"no PostgreSQL for the tests: {exc}", pytrace=False)
+        yield server
 
 
 @pytest.fixture(scope="session")
 def database_url(pg_server: PgServer) -> Iterator[str]:
     """A freshly created and migrated database, dropped at the end of the session."""
-    name = f"pgnotify_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(pg_server.admin_dsn, autocommit=True) as admin:
-        admin.execute(f'create database "{name}"')
-    dsn = with_dbname(pg_server.admin_dsn, name)
-    migrate(dsn)
-    try:
+    with fresh_database(pg_server.admin_dsn, prefix="pgnotify_test") as dsn:
         yield dsn
-    finally:
-        with psycopg.connect(pg_server.admin_dsn, autocommit=True) as admin:
-            admin.execute(f'drop database if exists "{name}" with (force)')
 
 
 @pytest.fixture(scope="session")

@@ -88,10 +88,11 @@ class RecordingHandler:
         if reply:
             return reply
         login = session.auth_data.decode() if isinstance(session.auth_data, bytes) else None
+        raw = envelope.original_content or envelope.content or b""
         received = ReceivedEmail(
             mail_from=envelope.mail_from or "",
             rcpt_tos=tuple(envelope.rcpt_tos),
-            data=bytes(envelope.original_content or envelope.content or b""),
+            data=raw.encode() if isinstance(raw, str) else bytes(raw),
             monotonic=time.monotonic(),
             wall=time.time(),
             tls=session.ssl is not None,

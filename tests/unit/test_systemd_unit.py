@@ -22,7 +22,7 @@ needs_analyze = pytest.mark.skipif(
 def unit_here(tmp_path: Path) -> Path:
     """The unit with ExecStart pointing at this checkout's executable, so verify can stat it."""
     exe = Path(sys.executable).with_name("pgnotify")
-    text = UNIT.read_text().replace("/opt/pgnotify/.venv/bin/pgnotify", str(exe))
+    text = UNIT.read_text().replace("/opt/pgnotify/venv/bin/pgnotify", str(exe))
     path = tmp_path / "pgnotify.service"
     path.write_text(text)
     return path
@@ -56,7 +56,8 @@ def test_systemd_analyze_verify_passes(unit_here: Path) -> None:
 
 
 @needs_analyze
-def test_systemd_analyze_security_rates_it_at_most_1_5(unit_here: Path) -> None:
+def test_systemd_analyze_security_rates_it_1_2_as_the_readme_says(unit_here: Path) -> None:
+    """README: the hardening set makes ``systemd-analyze security`` rate the unit 1.2."""
     proc = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", str(unit_here)],
         capture_output=True,
@@ -65,4 +66,4 @@ def test_systemd_analyze_security_rates_it_at_most_1_5(unit_here: Path) -> None:
     )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", proc.stdout + proc.stderr)
     assert match, proc.stdout + proc.stderr
-    assert float(match.group(1)) <= 1.5
+    assert float(match.group(1)) <= 1.2, match.group(0)
