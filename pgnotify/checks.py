@@ -6,14 +6,20 @@ import asyncio
 import contextlib
 import tempfile
 
+import psycopg
+
 from pgnotify import queries
+from pgnotify.catalog import verify_catalog
 from pgnotify.channels.email import SmtpChannel
+from pgnotify.channels.registry import build_channels
 from pgnotify.channels.sms import TwilioChannel
 from pgnotify.db import connect_sync, describe_dsn
-from pgnotify.errors import PgnotifyError
+from pgnotify.errors import InstallationError, PgnotifyError
 from pgnotify.migrate import discover
+from pgnotify.model import Catalog
 from pgnotify.settings import Settings
 from pgnotify.templates import TemplateRenderer
+from pgnotify.text import one_line
 
 
 def check_database(settings: Settings) -> str:
@@ -36,6 +42,26 @@ def check_database(settings: Settings) -> str:
             " run pgnotify migrate"
         )
     return f"OK database {where}: {pg}, migrated ({len(wanted)} migrations)"
+
+
+def check_catalog(settings: Settings) -> str:
+    """Do the database's kinds and channels agree with this install's templates?"""
+    try:
+        with connect_sync(settings.database_url, connect_timeout=5) as conn:
+            row = conn.execute(queries.CATALOG).fetchone()
+    except (PgnotifyError, psycopg.Error) as exc:
+        return f"FAIL catalog: cannot read pgnotify.kinds: {one_line(str(exc))}"
+    assert row is not None  # one row, always
+    catalog = Catalog(tuple(row[0]), tuple(row[1]))
+    channels = build_channels(settings)
+    try:
+        compiled = verify_catalog(catalog, TemplateRenderer.from_settings(settings), channels)
+    except InstallationError as exc:
+        return f"FAIL catalog: {exc}"
+    return (
+        f"OK catalog: {len(catalog.kinds)} kinds × {len(catalog.channels)} channels,"
+        f" {len(compiled)} templates"
+    )
 
 
 def check_outbox(settings: Settings, channel: str, unset: str) -> str:
@@ -64,6 +90,8 @@ async def run_checks(settings: Settings) -> list[str]:
     """Every check, in order; none stops the others."""
     lines = ["OK settings: valid"]
     lines.append(await asyncio.to_thread(check_database, settings))
+    if lines[-1].startswith("OK"):
+        lines.append(await asyncio.to_thread(check_catalog, settings))
     lines.append(check_templates(settings))
     if settings.smtp_configured:
         smtp = SmtpChannel(settings)

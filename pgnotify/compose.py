@@ -21,11 +21,11 @@ from pgnotify.channels.mime import is_valid_address
 from pgnotify.context import build_context
 from pgnotify.errors import DeliveryError, PermanentError, SkipNotification
 from pgnotify.ics import ICS_METHODS, build_ics
-from pgnotify.model import CHANNELS, ClaimedNotification
+from pgnotify.model import ClaimedNotification
 from pgnotify.outcome import classify
 from pgnotify.segments import count_segments, fold_to_gsm7
 from pgnotify.settings import Settings
-from pgnotify.templates import TemplateRenderer
+from pgnotify.templates import PARTS, TemplateRenderer
 from pgnotify.text import one_line
 
 _BLANK_LINES = re.compile(r"\n(?:[ \t]*\n){2,}")
@@ -152,7 +152,7 @@ def render_preview(
         "inapp": customer.get("user_id") or "user",
     }
     sections = []
-    for name in [channel] if channel else list(CHANNELS):
+    for name in [channel] if channel else list(PARTS):
         n = ClaimedNotification(
             id=0,
             kind=kind,

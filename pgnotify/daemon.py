@@ -3,7 +3,9 @@
 Start-up waits for the database with backoff (the health socket answers 503 meanwhile),
 then tells systemd READY=1 once the LISTEN connection is up. SIGTERM/SIGINT stop claiming,
 let in-flight sends finish for ``NOTIFICATION_SHUTDOWN_GRACE`` seconds, record what
-finished, release the rest back to pending, and exit 0; a second signal exits at once.
+finished, release the rest back to pending, and exit 0. A second signal cuts the grace
+short (what finished is still recorded, the rest released) and exits 1; a third exits at
+once.
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ from typing import Any
 import asyncpg
 
 from pgnotify import queries
+from pgnotify.catalog import verify_catalog
 from pgnotify.channels.base import Channel
 from pgnotify.channels.registry import build_channels
 from pgnotify.compose import Composer
 from pgnotify.db import DB_ERRORS, create_pool
+from pgnotify.errors import InstallationError
 from pgnotify.health import HealthServer
 from pgnotify.listener import Listener
 from pgnotify.logs import get_logger
 from pgnotify.maintenance import purge_retention, rescue_leases, watchdog
+from pgnotify.model import Catalog
 from pgnotify.outcome import backoff
 from pgnotify.runtime import Runtime, Shared
 from pgnotify.scheduler import Scheduler
@@ -49,6 +54,7 @@ class Daemon:
         renderer = TemplateRenderer.from_settings(settings)
         # A broken default template fails the start, loudly, not every notification.
         renderer.compile_all()
+        self.renderer = renderer
         self.daemon_id = daemon_id or make_daemon_id()
         self.composer = Composer(settings, renderer)
         self.channels: dict[str, Channel] = build_channels(settings)
@@ -70,6 +76,9 @@ class Daemon:
         self.started_at = time.time()
         self.exit_code = 0
         self._signals = 0
+        # Set by a second signal: end the graceful wait now (what finished is still
+        # recorded and the rest released, so nothing is sent twice).
+        self._hurry = asyncio.Event()
 
     # -- health -------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -100,8 +109,13 @@ class Daemon:
     # -- lifecycle ----------------------------------------------------------------------
     def _on_signal(self, signame: str) -> None:
         self._signals += 1
-        if self._signals > 1:
-            self.log.warning("second_signal_exit_now", signal=signame)
+        if self._signals == 2:
+            self.log.warning("second_signal_stop_now", signal=signame)
+            self.exit_code = 1
+            self._hurry.set()
+            return
+        if self._signals > 2:
+            self.log.warning("third_signal_exit_now", signal=signame)
             os._exit(1)
         self.log.info("stopping", signal=signame, grace_s=self.settings.NOTIFICATION_SHUTDOWN_GRACE)
         self.notifier.stopping()
@@ -112,14 +126,24 @@ class Daemon:
         self.shared.work.ring()
         self.shared.changed.ring()
 
-    async def _connect_pool(self) -> asyncpg.Pool | None:
-        """The pool, once the database answers; None when a stop came first."""
+    async def _connect_pool(self) -> tuple[asyncpg.Pool, Catalog] | None:
+        """The pool and the catalog, once the database answers; None if a stop came first.
+
+        A database that is not migrated yet (no ``pgnotify.kinds``) is waited for like one
+        that does not answer: ``pgnotify migrate`` may be running right now.
+        """
         failures = 0
         stopping = self.shared.stopping
         while not stopping.is_set():
+            pool = None
             try:
-                return await create_pool(self.settings)
+                pool = await create_pool(self.settings)
+                row = await pool.fetchrow(queries.CATALOG)
+                assert row is not None  # one row, always
+                return pool, Catalog(tuple(row["kinds"]), tuple(row["channels"]))
             except DB_ERRORS as exc:
+                if pool is not None:
+                    pool.terminate()
                 failures += 1
                 delay = backoff(failures, 0.5, 30.0)
                 error = describe_error(exc)
@@ -163,9 +187,17 @@ class Daemon:
             await self.health.start()
             self.log.info("health_listening", address=f"{self.health.host}:{self.health.port}")
         try:
-            pool = await self._connect_pool()
-            if pool is None:
+            connected = await self._connect_pool()
+            if connected is None:
                 return 0
+            pool, catalog = connected
+            try:
+                verify_catalog(catalog, self.renderer, self.channels)
+            except InstallationError as exc:
+                self.log.critical("catalog_mismatch", error=str(exc))
+                pool.terminate()
+                self.exit_code = 2
+                return self.exit_code
             rt = self.rt = Runtime(
                 s, self.daemon_id, pool, self.composer, self.channels, self.shared
             )
@@ -233,12 +265,30 @@ class Daemon:
         self.log.info("ready", listening=self.listener.connected)
         return {"workers": workers, "background": background}
 
+    async def _wait_for_workers(
+        self, workers: list[asyncio.Task[None]], grace: float
+    ) -> set[asyncio.Task[None]]:
+        """Wait for the workers' current batches, for the grace or until a second signal;
+        returns the workers still busy."""
+        hurry = asyncio.create_task(self._hurry.wait())
+        try:
+            async with asyncio.timeout(grace):
+                while not self._hurry.is_set() and (busy := [w for w in workers if not w.done()]):
+                    await asyncio.wait([*busy, hurry], return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            pass
+        finally:
+            hurry.cancel()
+        return {w for w in workers if not w.done()}
+
     async def _shutdown(self, rt: Runtime, tasks: dict[str, list[asyncio.Task[None]]]) -> None:
         s = self.settings
-        workers = tasks["workers"]
-        _, pending = await asyncio.wait(workers, timeout=s.NOTIFICATION_SHUTDOWN_GRACE)
+        pending = await self._wait_for_workers(tasks["workers"], s.NOTIFICATION_SHUTDOWN_GRACE)
         if pending:
-            self.log.warning("grace_expired", in_flight=rt.stats.in_flight)
+            self.log.warning(
+                "grace_cut_short" if self._hurry.is_set() else "grace_expired",
+                in_flight=rt.stats.in_flight,
+            )
             for t in pending:
                 t.cancel()
             await asyncio.wait(pending, timeout=10)

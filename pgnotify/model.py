@@ -7,16 +7,14 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-KINDS = (
-    "booking_confirmed",
-    "payment_confirmed",
-    "payment_failed",
-    "booking_cancelled",
-    "booking_rescheduled",
-    "reminder_24h",
-    "reminder_2h",
-)
-CHANNELS = ("email", "sms", "inapp")
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """What pgnotify sends and over what: the rows of ``pgnotify.kinds`` and
+    ``pgnotify.channels``, the one list every other part is checked against at start."""
+
+    kinds: tuple[str, ...]
+    channels: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

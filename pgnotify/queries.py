@@ -139,6 +139,13 @@ where id = $1 and customer_id is not null
 on conflict do nothing
 """
 
+# -- catalog --
+# The kinds and channels pgnotify knows, the one list (read once at start).
+CATALOG = """
+select array(select kind from pgnotify.kinds order by kind) as kinds,
+       array(select channel from pgnotify.channels order by channel) as channels
+"""
+
 # -- purge_finished --
 PURGE_FINISHED = "select pgnotify.purge(make_interval(days => $1), $2)"
 

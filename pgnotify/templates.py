@@ -37,7 +37,6 @@ from jinja2 import (
 from jinja2.sandbox import SandboxedEnvironment
 
 from pgnotify.errors import PermanentError
-from pgnotify.model import KINDS
 from pgnotify.resources import templates_dir
 from pgnotify.settings import Settings
 
@@ -151,18 +150,42 @@ class TemplateRenderer:
         self._templates[key] = template
         return template
 
-    def compile_all(self, shop_ids: Iterable[str | None] = (None,)) -> list[str]:
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds the default locale has a folder for, in any root."""
+        return tuple(
+            sorted(
+                {
+                    child.name
+                    for root in self.roots
+                    if (root / DEFAULT_LOCALE).is_dir()
+                    for child in (root / DEFAULT_LOCALE).iterdir()
+                    if child.is_dir()
+                }
+            )
+        )
+
+    def compile_all(
+        self,
+        kinds: Iterable[str] | None = None,
+        channels: Iterable[str] | None = None,
+        shop_ids: Iterable[str | None] = (None,),
+    ) -> list[str]:
         """Compile every kind × channel part in every locale (and for the given shops).
 
-        Returns the labels compiled; raises ``PermanentError`` at the first broken one.
-        Used by tests and at start-up, so a typo fails loudly instead of per notification.
+        ``kinds`` and ``channels`` default to every kind folder and every channel in
+        ``PARTS``; the daemon passes the database's catalog. Returns the labels compiled;
+        raises ``PermanentError`` at the first broken or missing one. Used by tests and at
+        start-up, so a typo fails loudly instead of per notification.
         """
+        kinds = tuple(self.kinds if kinds is None else kinds)
+        wanted = tuple(PARTS if channels is None else channels)
         done = []
         for shop in shop_ids:
             for lang in sorted(self._locales):
-                for kind in KINDS:
-                    for parts in PARTS.values():
-                        for part in parts:
+                for kind in kinds:
+                    for channel in wanted:
+                        for part in PARTS[channel]:
                             self.template(kind, part, locale=lang, shop_id=shop)
                             done.append(self._label(kind, part, lang, shop))
         return done

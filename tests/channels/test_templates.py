@@ -11,12 +11,14 @@ from pgnotify.channels.base import EmailMessage, InappMessage, SmsMessage
 from pgnotify.compose import Composer, render_preview
 from pgnotify.context import build_context
 from pgnotify.errors import PermanentError, SkipNotification
-from pgnotify.model import CHANNELS, KINDS
 from pgnotify.segments import count_segments
 from pgnotify.settings import Settings, load_settings
 from pgnotify.templates import PARTS, TemplateRenderer
 from tests.samples import SHOP_ID, claimed, minimal, raw
 
+# The kinds with templates; tests/sql/test_catalog.py checks they are pgnotify.kinds.
+KINDS = TemplateRenderer().kinds
+CHANNELS = tuple(PARTS)
 RECIPIENTS = {"email": "maria@example.com", "sms": "+34600111222", "inapp": "user-1"}
 
 

@@ -63,6 +63,7 @@ def test_check_says_ok_for_each_part_and_fails_on_a_dead_smtp(
     assert [line.split()[1].rstrip(":") for line in lines] == [
         "settings",
         "database",
+        "catalog",
         "templates",
         "email",
         "sms",
