@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
+import asyncpg
 import psycopg
+
+from pgnotify import queries
+from pgnotify.db import as_url, init_connection
 
 
 @dataclass(frozen=True)
@@ -135,3 +141,72 @@ def notifications(
 def kinds(rows: list[dict[str, Any]], status: str | None = None) -> set[tuple[str, str]]:
     """The (kind, channel) pairs of rows, optionally only those in ``status``."""
     return {(r["kind"], r["channel"]) for r in rows if status is None or r["status"] == status}
+
+
+def lone_notification(
+    conn: psycopg.Connection[Any],
+    *,
+    kind: str = "booking_confirmed",
+    channel: str = "email",
+    world: World | None = None,
+    **world_fields: Any,
+) -> int:
+    """One queue row and nothing else: queued by hand for a booking still `pending`.
+
+    A pending booking causes no notification of its own, so claims and purges in the test
+    see exactly this row (plus any other the test makes).
+    """
+    world = world or make_world(conn, **world_fields)
+    booking_id = make_booking(conn, world, status="pending")
+    row = conn.execute(
+        "select pgnotify.notify_booking(%s, %s, array[%s])", (booking_id, kind, channel)
+    ).fetchone()
+    assert row is not None and len(row[0]) == 1
+    return int(row[0][0])
+
+
+@asynccontextmanager
+async def daemon_connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """An asyncpg connection set up as the daemon sets up its pool's connections."""
+    conn = await asyncpg.connect(as_url(dsn), server_settings={"timezone": "UTC"})
+    try:
+        await init_connection(conn)
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def claim(
+    conn: asyncpg.Connection, daemon_id: str, *, lease: float = 60.0, limit: int = 100
+) -> list[asyncpg.Record]:
+    """Run the daemon's claim (`queries.CLAIM_DUE`) as daemon ``daemon_id``."""
+    return list(await conn.fetch(queries.CLAIM_DUE, limit, daemon_id, lease, []))
+
+
+async def record(
+    conn: asyncpg.Connection,
+    daemon_id: str,
+    ids: list[int],
+    status: str,
+    *,
+    delay: float | None = None,
+    last_error: str | None = None,
+    provider_id: str | None = None,
+    release: bool = False,
+) -> list[int]:
+    """Record one outcome for ``ids`` as daemon ``daemon_id`` (`queries.RECORD_OUTCOMES`).
+
+    Returns the ids the statement changed.
+    """
+    n = len(ids)
+    rows = await conn.fetch(
+        queries.RECORD_OUTCOMES,
+        ids,
+        [status] * n,
+        [delay] * n,
+        [last_error] * n,
+        [provider_id] * n,
+        [release] * n,
+        daemon_id,
+    )
+    return sorted(int(r["id"]) for r in rows)

@@ -6,9 +6,11 @@ import time
 from typing import Any
 
 import pytest
+from twilio.base.exceptions import TwilioRestException
+from twilio.rest import Client
 
 from pgnotify.channels.base import SmsMessage
-from pgnotify.channels.sms import TwilioChannel
+from pgnotify.channels.sms import TwilioChannel, classify_twilio_error
 from pgnotify.errors import ConfigurationError, PermanentError, TransientError
 from pgnotify.settings import load_settings
 from tests.peers.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioPeer
@@ -20,13 +22,14 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 SMS = SmsMessage(notification_id=5, to_number="+34600111222", body="Studio Nine: see you at 15:30")
+FROM = "+15550001111"
 
 
 def _channel(peer: TwilioPeer, **overrides: Any) -> TwilioChannel:
     options: dict[str, Any] = {
         "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "TWILIO_PHONE_NUMBER": "+15550001111",
+        "TWILIO_PHONE_NUMBER": FROM,
         "TWILIO_API_URL": peer.base_url,
         "NOTIFICATION_SEND_TIMEOUT": 5,
     }
@@ -136,7 +139,7 @@ async def test_a_stalled_api_is_a_transient_timeout(twilio_server: TwilioPeer) -
     started = time.monotonic()
     with pytest.raises(TransientError, match=r"timed out after 0\.5s"):
         await channel.send(SMS)
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 2.5  # the timeout fired, not the 3 s stall ending
     await channel.aclose()
 
 
@@ -146,3 +149,101 @@ async def test_an_unreachable_api_is_transient() -> None:
     with pytest.raises(TransientError, match="Twilio connection"):
         await channel.send(SMS)
     await channel.aclose()
+
+
+async def test_authentication_is_checked_before_any_programmed_answer(
+    twilio_server: TwilioPeer,
+) -> None:
+    """Wrong credentials get Twilio's 401 20003 even when an answer is programmed, and the
+    programmed answer is left for the next authenticated request."""
+    twilio_server.fail_next(500, code=20500, message="programmed for the authenticated")
+    stranger = _channel(twilio_server, TWILIO_AUTH_TOKEN="wrong")
+    with pytest.raises(ConfigurationError, match=r"HTTP 401 code 20003: .*Authenticate"):
+        await stranger.send(SMS)
+    await stranger.aclose()
+    channel = _channel(twilio_server)
+    with pytest.raises(TransientError, match="programmed for the authenticated"):
+        await channel.send(SMS)
+    await channel.aclose()
+    assert twilio_server.messages == []
+    assert len(twilio_server.requests) == 2
+
+
+async def test_an_empty_body_is_refused_by_twilio_and_fails_permanently(
+    twilio_server: TwilioPeer,
+) -> None:
+    """pgnotify does not check the body itself: Twilio's 400 21602 fails the row for good."""
+    channel = _channel(twilio_server)
+    with pytest.raises(
+        PermanentError, match=r"HTTP 400 code 21602: .*Message body is required"
+    ) as caught:
+        await channel.send(SmsMessage(5, SMS.to_number, ""))
+    await channel.aclose()
+    assert caught.value.opt_out is False
+    assert twilio_server.messages == [] and len(twilio_server.requests) == 1
+
+
+async def test_sending_to_our_own_number_is_an_invalid_to_and_fails_permanently(
+    twilio_server: TwilioPeer,
+) -> None:
+    """An E.164 ``To`` that Twilio still refuses (our own sender number) is 400 21211."""
+    channel = _channel(twilio_server)
+    with pytest.raises(PermanentError, match=r"HTTP 400 code 21211: .*\+15550001111"):
+        await channel.send(SmsMessage(5, FROM, "hi"))
+    await channel.aclose()
+    assert twilio_server.messages == [] and len(twilio_server.requests) == 1
+
+
+def _create_directly(peer: TwilioPeer, data: dict[str, str]) -> TwilioRestException:
+    """POST Messages.json with exactly ``data`` through the real (synchronous) twilio client,
+    for requests pgnotify's channel never builds; returns the error it raised."""
+    client = Client(ACCOUNT_SID, AUTH_TOKEN)
+    client.api.base_url = peer.base_url
+    with pytest.raises(TwilioRestException) as caught:
+        client.api.v2010.create("POST", f"/Accounts/{ACCOUNT_SID}/Messages.json", data=data)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "message"),
+    [
+        ({"From": FROM, "Body": "hi"}, 21604, "A 'To' phone number is required."),
+        ({"To": "", "From": FROM, "Body": "hi"}, 21604, "A 'To' phone number is required."),
+        (
+            {"To": "600 111 222", "From": FROM, "Body": "hi"},
+            21211,
+            "The 'To' number 600 111 222 is not a valid phone number.",
+        ),
+        (
+            {"To": "+34600111222", "Body": "hi"},
+            21603,
+            "A 'From' or 'MessagingServiceSid' parameter is required to send a message.",
+        ),
+        ({"To": "+34600111222", "From": FROM}, 21602, "Message body is required."),
+        ({"To": "+34600111222", "From": FROM, "Body": ""}, 21602, "Message body is required."),
+    ],
+    ids=["to-missing", "to-empty", "to-not-e164", "no-sender", "body-missing", "body-empty"],
+)
+def test_the_peer_refuses_malformed_messages_as_twilio_does(
+    twilio_server: TwilioPeer, data: dict[str, str], code: int, message: str
+) -> None:
+    """Twilio's 400 error document reaches the real client as ``TwilioRestException`` with
+    the code, and pgnotify classifies every one of them as permanent (no opt-out)."""
+    error = _create_directly(twilio_server, data)
+    assert (error.status, error.code) == (400, code)
+    assert error.msg == f"Unable to create record: {message}"
+    assert twilio_server.messages == []
+    classified = classify_twilio_error(error.status, error.code, error.msg)
+    assert isinstance(classified, PermanentError) and not classified.opt_out
+
+
+def test_a_messaging_service_is_a_sender_for_the_peer(twilio_server: TwilioPeer) -> None:
+    """``MessagingServiceSid`` without ``From`` is accepted, so 21603 is not a blanket refusal."""
+    client = Client(ACCOUNT_SID, AUTH_TOKEN)
+    client.api.base_url = twilio_server.base_url
+    created = client.api.v2010.create(
+        "POST",
+        f"/Accounts/{ACCOUNT_SID}/Messages.json",
+        data={"To": "+34600111222", "MessagingServiceSid": "MG" + "1" * 32, "Body": "hi"},
+    )
+    assert created["sid"].startswith("SM") and len(twilio_server.messages) == 1

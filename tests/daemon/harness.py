@@ -65,21 +65,57 @@ def make_settings(database_url: str, outbox: Path, **overrides: Any) -> Settings
 
 
 @asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Daemon]:
-    """A daemon on the test's loop, ready (listening) when the block starts."""
+async def running(settings: Settings, *, expect_exit: int = 0) -> AsyncIterator[Daemon]:
+    """A daemon on the test's loop, ready (listening, every loop running) when the block starts.
+
+    The daemon's end is part of every test that uses it: after the block, ``Daemon.run``
+    must return ``expect_exit``. With the default 0 the daemon must run until the block
+    ends and then stop cleanly; if it stops by itself meanwhile (a core loop died: exit
+    1), the block is interrupted at once and the test fails with the exit code, instead
+    of waiting out its own timeouts or passing on work done before the death. A test
+    that kills a loop on purpose passes ``expect_exit=1`` and waits for the stop itself.
+    """
     daemon = Daemon(settings)
-    task = asyncio.create_task(daemon.run(install_signals=False))
+    task = asyncio.create_task(daemon.run(install_signals=False), name="daemon-under-test")
     deadline = time.monotonic() + 15
-    while not daemon.listener.connected and not task.done():
-        assert time.monotonic() < deadline, "daemon did not start listening"
+    # Ready: listening, and every loop (workers, scheduler, maintenance) running.
+    while not (daemon.ready.is_set() and daemon.listener.connected) and not task.done():
+        assert time.monotonic() < deadline, "daemon did not become ready"
         await asyncio.sleep(0.01)
     if task.done():
-        task.result()
+        raise AssertionError(f"the daemon ended before it listened: exit {task.result()}")
+
+    test_task = asyncio.current_task()
+    assert test_task is not None
+    interrupted = False
+    in_block = True
+
+    def interrupt_the_block(_: asyncio.Task[int]) -> None:
+        # Runs when the daemon's task ends. Only the harness stops a healthy daemon,
+        # and only after the block: ending earlier is a failure the test must see now.
+        nonlocal interrupted
+        if in_block and expect_exit == 0:
+            interrupted = True
+            test_task.cancel()
+
+    task.add_done_callback(interrupt_the_block)
     try:
         yield daemon
+    except asyncio.CancelledError:
+        if not interrupted:
+            raise
+        test_task.uncancel()  # our own cancellation: it becomes the failure below
     finally:
+        in_block = False
+        ended_by_itself = task.done()
         daemon.stop()
-        await asyncio.wait_for(task, 30)
+        code = await asyncio.wait_for(task, 30)  # a crash of run() itself propagates
+    if ended_by_itself and expect_exit == 0:
+        raise AssertionError(
+            f"the daemon stopped by itself during the test with exit code {code}"
+            " (a core loop died: see its task_died log line)"
+        )
+    assert code == expect_exit, f"the daemon exited {code}, expected {expect_exit}"
 
 
 async def wait_until(

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
+import trustme
 
 from tests.daemon.harness import (
     count,
@@ -28,11 +30,19 @@ from tests.peers.twilio import TwilioPeer
 Conn = psycopg.Connection[Any]
 
 
-async def test_a_due_row_is_delivered_well_under_a_second_after_commit(
+# The poll is the safety net, not the mechanism: with it at 60 s, anything delivered within
+# a few seconds was woken for. The bound is generous on purpose (a loaded 2-core box): it
+# proves the mechanism, never the speed (``make bench`` measures latency).
+POLL = 60.0
+WOKEN_WITHIN = 10.0
+
+
+async def test_a_due_row_is_woken_for_by_notify_not_left_to_the_poll(
     db: Conn, clean_db: str, tmp_path: Path
 ) -> None:
+    """A booking committed while the daemon idles is delivered long before the next poll."""
     world = make_world(db)
-    settings = make_settings(clean_db, tmp_path, NOTIFICATION_POLL_INTERVAL=60)
+    settings = make_settings(clean_db, tmp_path, NOTIFICATION_POLL_INTERVAL=POLL)
     async with (
         running(settings),
         await psycopg.AsyncConnection.connect(clean_db, autocommit=True) as inbox,
@@ -41,20 +51,21 @@ async def test_a_due_row_is_delivered_well_under_a_second_after_commit(
         await asyncio.sleep(0.3)  # let the start-up claim round pass: it must not be what wakes
         committed = time.monotonic()
         make_booking(db, world)
-        note = await next_notify(inbox, 5.0)
+        note = await next_notify(inbox, WOKEN_WITHIN + 5)
         elapsed = time.monotonic() - committed
         assert note.payload == str(world.user_id)
-        assert elapsed < 1.0, f"in-app delivery took {elapsed:.3f}s with a 60 s poll"
-        await wait_until(lambda: count(clean_db, "status = 'sent'"), timeout=5)
+        assert elapsed < WOKEN_WITHIN, f"in-app delivery took {elapsed:.1f}s with a {POLL:g} s poll"
+        await wait_until(lambda: count(clean_db, "status = 'sent'"), timeout=10)
 
 
-async def test_a_row_scheduled_two_seconds_ahead_fires_near_two_seconds(
+async def test_a_row_scheduled_ahead_fires_at_its_run_at_not_at_the_next_poll(
     db: Conn, clean_db: str, tmp_path: Path
 ) -> None:
+    """The scheduler sleeps until the earliest ``run_at``: never past the poll, never early."""
     world = make_world(db)
     booking = make_booking(db, world)
     db.execute("update pgnotify.notifications set status = 'cancelled'")  # only ours below
-    settings = make_settings(clean_db, tmp_path, NOTIFICATION_POLL_INTERVAL=30)
+    settings = make_settings(clean_db, tmp_path, NOTIFICATION_POLL_INTERVAL=POLL)
     async with (
         running(settings),
         await psycopg.AsyncConnection.connect(clean_db, autocommit=True) as inbox,
@@ -62,14 +73,21 @@ async def test_a_row_scheduled_two_seconds_ahead_fires_near_two_seconds(
         await inbox.execute("listen pgnotify_inbox")
         await asyncio.sleep(0.2)
         queued = time.monotonic()
-        db.execute(
+        (row,) = db.execute(
             "select pgnotify.notify_booking(%s, 'reminder_2h', array['inapp'],"
             " now() + interval '2 seconds')",
             (booking,),
-        )
-        await next_notify(inbox, 6.0)
+        ).fetchone() or (None,)
+        await next_notify(inbox, WOKEN_WITHIN + 5)
         elapsed = time.monotonic() - queued
-    assert 1.5 <= elapsed <= 3.5, f"fired after {elapsed:.2f}s"
+    # Not early, by the database's own clock (the one run_at is written in).
+    (early,) = db.execute(
+        "select sent_at < run_at from pgnotify.notifications where id = %s and status = 'sent'",
+        (row[0],),
+    ).fetchone() or (None,)
+    assert early is False, "sent before its run_at"
+    # Not left to the poll: the scheduler's own timer woke the workers.
+    assert elapsed < WOKEN_WITHIN, f"fired after {elapsed:.1f}s with a {POLL:g} s poll"
 
 
 async def test_email_sms_and_inapp_reach_their_peers(
@@ -180,8 +198,18 @@ async def test_a_permanent_error_fails_at_once_and_retry_requeues_it(
 
 
 async def test_rejected_credentials_pause_the_channel_without_spending_attempts(
-    db: Conn, clean_db: str, tmp_path: Path, smtp_server_tls: SmtpPeer
+    db: Conn,
+    clean_db: str,
+    tmp_path: Path,
+    smtp_server_tls: SmtpPeer,
+    test_ca: trustme.CA,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The test server's private CA is trusted the way an operator trusts one, before the
+    # daemon starts: OpenSSL's SSL_CERT_FILE (no test reaches into the running daemon).
+    ca_file = tmp_path / "test-ca.pem"
+    test_ca.cert_pem.write_to_path(str(ca_file))
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
     world = make_world(db, phone=None, with_user=False)
     booking = make_booking(db, world)
     settings = make_settings(
@@ -194,7 +222,6 @@ async def test_rejected_credentials_pause_the_channel_without_spending_attempts(
         SMTP_PASSWORD="wrong-password",
     )
     async with running(settings) as daemon:
-        daemon.rt.channels["email"].tls_context = smtp_server_tls.client_tls_context()  # type: ignore[attr-defined]
         await wait_until(lambda: count(clean_db, "last_error like 'channel paused%%'"), timeout=10)
         snap = daemon.snapshot()
         assert snap["channels"]["email"]["state"] == "degraded"

@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 
+from pgnotify.devcluster import free_port
 from tests.daemon.harness import (
     count_reaches,
     env_for,
@@ -20,7 +21,6 @@ from tests.daemon.harness import (
     stop_process,
 )
 from tests.peers.smtp import SmtpPeer
-from tests.pgcluster import free_port
 
 Conn = psycopg.Connection[Any]
 

@@ -3,14 +3,30 @@
 ``TwilioPeer`` runs an aiohttp application on 127.0.0.1 (free port) in its own thread and
 loop, so it keeps answering whatever the test's loop is doing. It serves
 ``POST /2010-04-01/Accounts/{sid}/Messages.json`` (201 and a ``SM...`` sid, recording
-To/From/Body/MessagingServiceSid and arrival time) and ``GET /2010-04-01/Accounts/{sid}.json``,
-checks HTTP basic auth, and can be told to answer the next requests with an error
-(400 21211/21610, 401 20003, 429 with Retry-After, 500) or to stall.
+To/From/Body/MessagingServiceSid and arrival time) and ``GET /2010-04-01/Accounts/{sid}.json``.
+
+Each request is handled in Twilio's order:
+
+1. authentication: HTTP basic with the account SID and auth token, for the account in the
+   path; anything else is 401 with code 20003, whatever answers are programmed;
+2. (Messages only) the form parameters, as Twilio validates them: ``To`` missing (21604), not
+   E.164 or equal to ``From`` (21211), neither ``From`` nor ``MessagingServiceSid``
+   (21603), neither ``Body`` nor ``MediaUrl`` (21602), each a 400;
+3. the answers a test programmed (``fail_next``, ``answer_next``, ``stall_next``): an error
+   (400 21211/21610, 401 20003, 429 with Retry-After, 500) or a stall;
+4. the created message or the account.
+
+Programmed answers belong to the next *authenticated* requests, in arrival order; a stall
+comes before the form is read and validated (step 2), an error after it.
+
+Every error carries Twilio's JSON error document (``code``, ``message``, ``more_info``,
+``status``), so the real client raises ``TwilioRestException`` with that code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 import uuid
@@ -24,6 +40,34 @@ from tests.peers.smtp import free_port
 
 ACCOUNT_SID = "AC" + "0" * 31 + "1"
 AUTH_TOKEN = "test-token"
+
+E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+"""Twilio's phone number format: ``+``, country code and subscriber number, 15 digits at most."""
+
+
+def error_document(status: int, code: int, message: str) -> dict[str, Any]:
+    """The JSON body of a Twilio REST error, as the twilio client parses it."""
+    return {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+
+
+def invalid_message(form: Any) -> tuple[int, str] | None:
+    """Twilio's code and message for a Messages create request it refuses, else ``None``."""
+    to = str(form.get("To", ""))
+    from_ = str(form.get("From", ""))
+    if not to:
+        return 21604, "A 'To' phone number is required."
+    if not E164.fullmatch(to) or to == from_:
+        return 21211, f"The 'To' number {to} is not a valid phone number."
+    if not from_ and not form.get("MessagingServiceSid"):
+        return 21603, "A 'From' or 'MessagingServiceSid' parameter is required to send a message."
+    if not form.get("Body") and not form.get("MediaUrl"):
+        return 21602, "Message body is required."
+    return None
 
 
 @dataclass(frozen=True)
@@ -100,12 +144,7 @@ class TwilioPeer:
         For example ``fail_next(400, code=21610)`` or ``fail_next(429, code=20429,
         retry_after="30")``.
         """
-        payload = {
-            "code": code,
-            "message": message or f"Simulated Twilio error {code}",
-            "more_info": f"https://www.twilio.com/docs/errors/{code}",
-            "status": status,
-        }
+        payload = error_document(status, code, message or f"Simulated Twilio error {code}")
         headers = {"Retry-After": retry_after} if retry_after is not None else {}
         self.answer_next(status, payload, headers=headers, count=count)
 
@@ -145,15 +184,21 @@ class TwilioPeer:
         finally:
             loop.close()
 
-    async def _programmed(self, request: web.Request) -> web.Response | None:
+    def _arrived(self, request: web.Request) -> None:
         with self.lock:
             self.requests.append((request.method, request.path))
+
+    async def _next_answer(self) -> _Answer | None:
+        """Take the next programmed answer and wait out its stall, if it has one."""
+        with self.lock:
             answer = self._answers.popleft() if self._answers else None
-        if answer is None:
-            return None
-        if answer.stall:
+        if answer is not None and answer.stall:
             await asyncio.sleep(answer.stall)
-        if not answer.status:
+        return answer
+
+    @staticmethod
+    def _programmed(answer: _Answer | None) -> web.Response | None:
+        if answer is None or not answer.status:
             return None
         return web.json_response(answer.payload, status=answer.status, headers=answer.headers)
 
@@ -163,26 +208,29 @@ class TwilioPeer:
             auth = BasicAuth.decode(header)
         except ValueError:
             return False
-        return (auth.login, auth.password) == (self.account_sid, self.auth_token)
+        return (auth.login, auth.password) == (
+            self.account_sid,
+            self.auth_token,
+        ) and request.match_info["sid"] == self.account_sid
 
-    def _unauthorized(self) -> web.Response:
-        return web.json_response(
-            {
-                "code": 20003,
-                "message": "Authenticate",
-                "more_info": "https://www.twilio.com/docs/errors/20003",
-                "status": 401,
-            },
-            status=401,
-        )
+    @staticmethod
+    def _error(status: int, code: int, message: str) -> web.Response:
+        return web.json_response(error_document(status, code, message), status=status)
 
     async def _create_message(self, request: web.Request) -> web.Response:
-        programmed = await self._programmed(request)
+        self._arrived(request)
+        if not self._authorized(request):
+            return self._error(401, 20003, "Authenticate")
+        answer = await self._next_answer()
+        # The form is read after a stall, as before: a client that hung up meanwhile
+        # creates nothing (see tests/faults/test_provider_faults.py).
+        form = await request.post()
+        refused = invalid_message(form)
+        if refused is not None:
+            return self._error(400, *refused)
+        programmed = self._programmed(answer)
         if programmed is not None:
             return programmed
-        if not self._authorized(request) or request.match_info["sid"] != self.account_sid:
-            return self._unauthorized()
-        form = await request.post()
         sid = "SM" + uuid.uuid4().hex
         received = ReceivedSms(
             account_sid=request.match_info["sid"],
@@ -216,11 +264,12 @@ class TwilioPeer:
         )
 
     async def _fetch_account(self, request: web.Request) -> web.Response:
-        programmed = await self._programmed(request)
+        self._arrived(request)
+        if not self._authorized(request):
+            return self._error(401, 20003, "Authenticate")
+        programmed = self._programmed(await self._next_answer())
         if programmed is not None:
             return programmed
-        if not self._authorized(request) or request.match_info["sid"] != self.account_sid:
-            return self._unauthorized()
         return web.json_response(
             {
                 "sid": self.account_sid,

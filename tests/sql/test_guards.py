@@ -1,0 +1,133 @@
+"""Every state change the daemon makes is conditional on who holds the row.
+
+Two daemons, `daemon-a` and `daemon-b`, run the real statements of `pgnotify.queries`:
+A claims a row and stalls past its lease, B's rescuer puts the row back and B claims it.
+Whatever A then does with its stale claim (record an outcome, deliver in-app, release at
+shutdown) must change nothing: the row is B's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from pgnotify import queries
+from tests.factories import claim, daemon_connection, lone_notification, record
+
+Conn = psycopg.Connection[Any]
+
+COLUMNS = (
+    "status, attempts, claimed_by, lease_until, run_at, last_error, provider_id, sent_at,"
+    " updated_at"
+)
+
+
+def snapshot(db: Conn, nid: int) -> tuple[Any, ...]:
+    row = db.execute(f"select {COLUMNS} from pgnotify.notifications where id = %s", (nid,))
+    result = row.fetchone()
+    assert result is not None
+    return tuple(result)
+
+
+async def reclaimed_by_b(conn: asyncpg.Connection, nid: int) -> None:
+    """A claims ``nid`` under a short lease that expires; B rescues and re-claims it."""
+    assert [r["id"] for r in await claim(conn, "daemon-a", lease=0.05)] == [nid]
+    await asyncio.sleep(0.3)
+    rescued = await conn.fetch(queries.RESCUE_EXPIRED_LEASES, 3, [])
+    assert [r["id"] for r in rescued] == [nid]
+    (again,) = await claim(conn, "daemon-b", lease=600)
+    assert (again["id"], again["attempts"]) == (nid, 2)
+
+
+@pytest.mark.parametrize(
+    ("status", "fields"),
+    [
+        ("sent", {"provider_id": "<a-sent-it@example.com>"}),
+        ("failed", {"last_error": "550 mailbox unavailable"}),
+        ("pending", {"delay": 60.0, "last_error": "421 try later"}),
+        ("pending", {"delay": 0.0, "last_error": "released", "release": True}),
+        ("skipped", {"last_error": "booking no longer exists"}),
+    ],
+)
+async def test_a_stale_daemons_outcome_does_not_touch_a_row_another_daemon_reclaimed(
+    db: Conn, clean_db: str, status: str, fields: dict[str, Any]
+) -> None:
+    """A's late outcome, whatever it says, matches no row and changes nothing; B's own
+    outcome for the same row then lands."""
+    nid = lone_notification(db)
+    async with daemon_connection(clean_db) as conn:
+        await reclaimed_by_b(conn, nid)
+        before = snapshot(db, nid)
+
+        assert await record(conn, "daemon-a", [nid], status, **fields) == []
+        assert snapshot(db, nid) == before
+
+        assert await record(conn, "daemon-b", [nid], "sent", provider_id="<b@x>") == [nid]
+    after = db.execute(
+        "select status, claimed_by, provider_id, attempts from pgnotify.notifications"
+        " where id = %s",
+        (nid,),
+    ).fetchone()
+    assert after == ("sent", "daemon-b", "<b@x>", 2)
+
+
+async def test_a_late_outcome_for_a_rescued_row_not_yet_reclaimed_changes_nothing(
+    db: Conn, clean_db: str
+) -> None:
+    """The rescue leaves `claimed_by` as it was, so the guard must also require `sending`:
+    a row already back in `pending` is not A's to finish, even though A's name is on it."""
+    nid = lone_notification(db)
+    async with daemon_connection(clean_db) as conn:
+        assert [r["id"] for r in await claim(conn, "daemon-a", lease=0.05)] == [nid]
+        await asyncio.sleep(0.3)
+        assert [r["id"] for r in await conn.fetch(queries.RESCUE_EXPIRED_LEASES, 3, [])] == [nid]
+        before = snapshot(db, nid)
+        assert before[0] == "pending"
+
+        assert await record(conn, "daemon-a", [nid], "sent", provider_id="<late@x>") == []
+    assert snapshot(db, nid) == before
+
+
+async def test_a_stale_daemon_cannot_deliver_in_app_over_a_reclaimed_row(
+    db: Conn, clean_db: str
+) -> None:
+    """A's in-app delivery writes no inbox message and does not mark B's row sent; B's
+    delivery then writes exactly one message."""
+    nid = lone_notification(db, channel="inapp")
+    async with daemon_connection(clean_db) as conn:
+        await reclaimed_by_b(conn, nid)
+        before = snapshot(db, nid)
+
+        stale = await conn.fetch(queries.DELIVER_INAPP, [nid], ["A"], ["from A"], [{}], "daemon-a")
+        assert stale == []
+        assert snapshot(db, nid) == before
+        assert db.execute("select count(*) from pgnotify.inbox").fetchone() == (0,)
+
+        mine = await conn.fetch(queries.DELIVER_INAPP, [nid], ["B"], ["from B"], [{}], "daemon-b")
+        assert [r["id"] for r in mine] == [nid]
+    assert db.execute("select title from pgnotify.inbox").fetchall() == [("B",)]
+    assert snapshot(db, nid)[0] == "sent"
+
+
+async def test_a_stale_daemons_shutdown_release_leaves_the_reclaimed_row_with_its_holder(
+    db: Conn, clean_db: str
+) -> None:
+    """At shutdown A gives back only what it still holds: B's row stays B's, in flight,
+    with B's attempt counted."""
+    nid = lone_notification(db)
+    async with daemon_connection(clean_db) as conn:
+        await reclaimed_by_b(conn, nid)
+        before = snapshot(db, nid)
+        mine = lone_notification(db)
+        (own,) = await claim(conn, "daemon-a", lease=600)
+        assert own["id"] == mine
+
+        released = await conn.fetch(queries.RELEASE_CLAIMED, "daemon-a")
+    assert [r["id"] for r in released] == [mine]
+    assert snapshot(db, nid) == before
+    status, attempts, _, lease_until = snapshot(db, mine)[:4]
+    assert (status, attempts, lease_until) == ("pending", 0, None)
