@@ -40,7 +40,7 @@ from pgnotify.settings import Settings
 from pgnotify.systemd import SystemdNotifier
 from pgnotify.templates import TemplateRenderer
 from pgnotify.text import describe_error, one_line
-from pgnotify.worker import Worker
+from pgnotify.worker import SETTLE_TIMEOUT, STOP_RECORD_GRACE, Worker
 
 
 def make_daemon_id() -> str:
@@ -51,12 +51,11 @@ def make_daemon_id() -> str:
 class Daemon:
     def __init__(self, settings: Settings, *, daemon_id: str | None = None) -> None:
         self.settings = settings
-        renderer = TemplateRenderer.from_settings(settings)
-        # A broken default template fails the start, loudly, not every notification.
-        renderer.compile_all()
-        self.renderer = renderer
+        # Compiled at start, once the catalog is read (verify_catalog): a broken template
+        # fails the start, loudly (exit 2), not every notification of its kind.
+        self.renderer = TemplateRenderer.from_settings(settings)
         self.daemon_id = daemon_id or make_daemon_id()
-        self.composer = Composer(settings, renderer)
+        self.composer = Composer(settings, self.renderer)
         self.channels: dict[str, Channel] = build_channels(settings)
         self.shared = Shared()
         # Built once the pool is connected (``run``); None until then.
@@ -292,13 +291,21 @@ class Daemon:
             for t in pending:
                 t.cancel()
             await asyncio.wait(pending, timeout=10)
+        if rt.shared.finishing:
+            # Cancelled workers leave their outcomes recording: wait for them, so what
+            # went out is recorded sent instead of released and sent again.
+            await asyncio.wait(
+                list(rt.shared.finishing),
+                timeout=STOP_RECORD_GRACE + s.NOTIFICATION_DB_TIMEOUT + SETTLE_TIMEOUT,
+            )
+        held = {i for ids in rt.shared.finishing.values() for i in ids} | rt.unrecorded
         for t in tasks["background"]:
             t.cancel()
         await asyncio.gather(*tasks["background"], return_exceptions=True)
         await self.listener.close()
         try:
             async with asyncio.timeout(10):
-                released = await rt.pool.fetch(queries.RELEASE_CLAIMED, rt.daemon_id)
+                released = await rt.pool.fetch(queries.RELEASE_CLAIMED, rt.daemon_id, sorted(held))
             if released:
                 self.log.info("released", count=len(released), ids=[r["id"] for r in released])
         except DB_ERRORS as exc:

@@ -127,6 +127,7 @@ update pgnotify.notifications
        run_at = now(), updated_at = now(),
        last_error = coalesce(last_error, 'released at shutdown before it was sent')
  where status = 'sending' and claimed_by = $1
+   and id <> all ($2::bigint[])  -- outcomes still being recorded: the lease decides
 returning id
 """
 

@@ -46,6 +46,9 @@ class Shared:
     # Rows whose outcome is decided but not yet recorded (the database is away): the
     # lease rescuer must not hand them to another attempt.
     unrecorded: set[int] = field(default_factory=set)
+    # Batches whose outcomes are being settled and recorded (their claimed ids): shutdown
+    # waits for them, and never releases their rows, so a sent message is not sent again.
+    finishing: dict[asyncio.Future[None], list[int]] = field(default_factory=dict)
 
 
 @dataclass

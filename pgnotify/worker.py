@@ -2,8 +2,9 @@
 
 Each step is one round trip for the whole batch and returns its values: ``claim`` the
 claimed rows, ``Composer.compose_batch`` a message (or the error it ended with) per row,
-``deliver`` the sends in flight, ``Delivery.results`` what finished, ``outcomes`` each
-row's next state (``outcome.decide``), ``record`` the ids that landed. A worker that finds
+``deliver`` the sends in flight, ``Delivery.settle`` what finished, ``observe_pauses`` each
+row's channel pause, ``decide_outcomes`` each row's next state (pure), ``record`` what
+landed. A worker that finds
 nothing waits for the scheduler's doorbell. Database errors never kill a worker: it backs
 off and goes on, and outcomes it could not record are retried until they land (or the
 daemon stops and the lease gives the rows back), because a sent message whose outcome is
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +31,14 @@ from pgnotify.logs import get_logger
 from pgnotify.model import ClaimedNotification
 from pgnotify.outcome import Outcome, backoff, decide
 from pgnotify.runtime import Runtime
+from pgnotify.settings import Settings
 from pgnotify.text import describe_error
 from pgnotify.wakeup import Doorbell
 
 # At shutdown, how long outcomes may still try to reach an unreachable database.
 STOP_RECORD_GRACE = 5.0
+# How long cancelled sends may take to close their connections.
+SETTLE_TIMEOUT = 5.0
 
 
 def to_claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
@@ -86,29 +90,55 @@ class Delivery:
         if tasks:
             await asyncio.wait(tasks)
 
-    def results(self) -> tuple[dict[int, Receipt | BaseException], set[int]]:
+    async def settle(self) -> tuple[dict[int, Receipt | BaseException], set[int]]:
         """Each finished row's result, and the in-app ids the inbox write marked sent.
 
-        Whatever has not finished (shutdown past its grace) is cancelled and has no result:
-        the release at shutdown, or the lease, gives it back.
+        Whatever has not finished (shutdown past its grace) is cancelled, and awaited so
+        its connection is cleaned up before the daemon closes them; it has no result: the
+        release at shutdown, or the lease, gives it back.
         """
+        tasks: list[asyncio.Future[Any]] = [*self.sends.values()]
+        if self.inbox is not None:
+            tasks.append(self.inbox)
+        unfinished = [t for t in tasks if not t.done()]
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.wait(unfinished, timeout=SETTLE_TIMEOUT)
         results: dict[int, Receipt | BaseException] = dict(self.ended)
         for nid, task in self.sends.items():
-            if not task.done():
-                task.cancel()
-            elif not task.cancelled():
+            if task.done() and not task.cancelled():
                 results[nid] = task.exception() or task.result()
         inbox_sent: set[int] = set()
-        if self.inbox is not None:
-            if not self.inbox.done():
-                self.inbox.cancel()
-            elif not self.inbox.cancelled():
-                if (exc := self.inbox.exception()) is None:
-                    inbox_sent = self.inbox.result()
-                else:
-                    error = TransientError(f"inbox write failed: {describe_error(exc)}")
-                    results.update(dict.fromkeys(self.inbox_ids, error))
+        if self.inbox is not None and self.inbox.done() and not self.inbox.cancelled():
+            if (exc := self.inbox.exception()) is None:
+                inbox_sent = self.inbox.result()
+            else:
+                error = TransientError(f"inbox write failed: {describe_error(exc)}")
+                results.update(dict.fromkeys(self.inbox_ids, error))
         return results, inbox_sent
+
+
+def decide_outcomes(
+    batch: Sequence[ClaimedNotification],
+    results: Mapping[int, Receipt | BaseException],
+    pauses: Mapping[int, float],
+    settings: Settings,
+) -> list[Outcome]:
+    """Each finished row's next state (pure); rows without a result are left out: in-app
+    rows are marked by the inbox write, and unfinished ones are released or rescued."""
+    return [
+        decide(
+            n.id,
+            n.attempts,
+            result,
+            max_retries=settings.NOTIFICATION_MAX_RETRIES,
+            delays=settings.NOTIFICATION_RETRY_DELAYS,
+            pause=pauses.get(n.id, 0.0),
+        )
+        for n in batch
+        if (result := results.get(n.id)) is not None
+    ]
 
 
 class Worker:
@@ -172,11 +202,22 @@ class Worker:
             await delivery.wait()
         finally:
             # Also on cancellation (shutdown past its grace): whatever finished is recorded,
-            # so a message that went out is not sent again after the release.
-            results, inbox_sent = delivery.results()
-            outcomes = self.outcomes(batch, results)
-            if outcomes or inbox_sent:
-                await asyncio.shield(self.record(batch, outcomes, inbox_sent, started))
+            # so a message that went out is not sent again after the release. The finish
+            # is its own task, known to the daemon, which waits for it before releasing.
+            finish = asyncio.ensure_future(self.finish(batch, delivery, started))
+            self.rt.shared.finishing[finish] = [n.id for n in batch]
+            finish.add_done_callback(self.rt.shared.finishing.pop)
+            await asyncio.shield(finish)
+
+    async def finish(
+        self, batch: Sequence[ClaimedNotification], delivery: Delivery, started: float
+    ) -> None:
+        """Settle the deliveries, account pauses, decide and record the outcomes."""
+        results, inbox_sent = await delivery.settle()
+        pauses = self.observe_pauses(batch, results)
+        outcomes = decide_outcomes(batch, results, pauses, self.rt.settings)
+        if outcomes or inbox_sent:
+            await self.record(batch, outcomes, inbox_sent, started)
 
     def deliver(
         self, batch: Sequence[ClaimedNotification], composed: Sequence[Message | DeliveryError]
@@ -209,27 +250,16 @@ class Worker:
         async with asyncio.timeout(self.rt.settings.NOTIFICATION_SEND_TIMEOUT + 5):
             return await channel.send(message)
 
-    def outcomes(
-        self, batch: Sequence[ClaimedNotification], results: dict[int, Receipt | BaseException]
-    ) -> list[Outcome]:
-        """Each finished row's next state; a result first updates its channel's pause."""
-        s = self.rt.settings
-        out = []
-        for n in batch:
-            result = results.get(n.id)
-            if result is None:
-                continue  # in-app (marked by the inbox write) or never finished
-            out.append(
-                decide(
-                    n.id,
-                    n.attempts,
-                    result,
-                    max_retries=s.NOTIFICATION_MAX_RETRIES,
-                    delays=s.NOTIFICATION_RETRY_DELAYS,
-                    pause=self.rt.pauses.observe(n.channel, result),
-                )
-            )
-        return out
+    def observe_pauses(
+        self, batch: Sequence[ClaimedNotification], results: Mapping[int, Receipt | BaseException]
+    ) -> dict[int, float]:
+        """Account every result in the channel pauses; returns each row's pause in seconds."""
+        pauses = self.rt.pauses
+        return {
+            n.id: pauses.observe(n.channel, result)
+            for n in batch
+            if (result := results.get(n.id)) is not None
+        }
 
     async def record(
         self,

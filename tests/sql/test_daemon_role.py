@@ -89,7 +89,7 @@ async def test_the_daemon_role_releases_its_rows_at_shutdown(db: Conn, role_dsn:
     nid = lone_notification(db)
     async with daemon_connection(role_dsn) as conn:
         assert [r["id"] for r in await claim(conn, "stopping-daemon")] == [nid]
-        rows = await conn.fetch(queries.RELEASE_CLAIMED, "stopping-daemon")
+        rows = await conn.fetch(queries.RELEASE_CLAIMED, "stopping-daemon", [])
     assert [r["id"] for r in rows] == [nid]
     assert db.execute(
         "select status, attempts from pgnotify.notifications where id = %s", (nid,)

@@ -126,7 +126,7 @@ async def test_a_stale_daemons_shutdown_release_leaves_the_reclaimed_row_with_it
         (own,) = await claim(conn, "daemon-a", lease=600)
         assert own["id"] == mine
 
-        released = await conn.fetch(queries.RELEASE_CLAIMED, "daemon-a")
+        released = await conn.fetch(queries.RELEASE_CLAIMED, "daemon-a", [])
     assert [r["id"] for r in released] == [mine]
     assert snapshot(db, nid) == before
     status, attempts, _, lease_until = snapshot(db, mine)[:4]
