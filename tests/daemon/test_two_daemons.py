@@ -47,6 +47,10 @@ async def test_two_daemons_deliver_5000_due_rows_each_exactly_once(
                 NOTIFICATION_WORKERS=3,
                 NOTIFICATION_BATCH_SIZE=50,
                 NOTIFICATION_HEALTH_ADDR=f"127.0.0.1:{port}",
+                # A lease far beyond any batch, even on a loaded machine: this test is
+                # about sharing the work, and a rescue would count a second attempt.
+                NOTIFICATION_LEASE_SECONDS=120,
+                NOTIFICATION_SEND_TIMEOUT=30,
             )
             daemons.append(spawn(env, tmp_path / f"daemon-{i}.log"))
         for port in ports:
