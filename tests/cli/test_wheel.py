@@ -23,6 +23,10 @@ import pytest
 from pgnotify import __version__
 from tests.conftest import PgServer, with_dbname
 
+# The module fixture builds a wheel and a fresh venv:
+# minutes on a loaded machine, not the default 120 s.
+pytestmark = pytest.mark.timeout(900)
+
 ROOT = Path(__file__).resolve().parents[2]
 _NOT_SOURCE = shutil.ignore_patterns(
     ".venv",

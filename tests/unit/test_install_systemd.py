@@ -21,6 +21,10 @@ import pytest
 
 from pgnotify import __version__
 
+# The module fixture builds a wheel and a venv with its dependencies from the index:
+# minutes on a loaded machine, not the default 120 s.
+pytestmark = pytest.mark.timeout(900)
+
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "pgnotify.service"
 ENV_EXAMPLE = ROOT / "systemd" / "pgnotify.env.example"
