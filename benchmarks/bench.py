@@ -15,7 +15,8 @@ It creates its own database (``devcluster.fresh_database``) on the server
   at 200 bookings/s for 20 s;
 - the daemon's RSS after 10,000 and 100,000 notifications, and its peak;
 - ``EXPLAIN ANALYZE`` of the claim and the per-row cost of ``render_contexts()``;
-- building one three-part email with ``channels/mime.py`` (pure CPU).
+- building one three-part email with ``channels/mime.py`` (pure CPU);
+- rendering one template inline and through the render pool (a shop's own template).
 
 Every figure gets one run first; then, while the time budget (``--budget``, default 240 s
 of measuring) allows, the most important figures get a second and a third, and each is
@@ -50,8 +51,10 @@ from benchmarks import measure, probes, snapshot
 from benchmarks.procs import CpuMeter, DaemonProcess
 from pgnotify.channels.base import EmailMessage
 from pgnotify.channels.mime import build_mime
+from pgnotify.context import build_context
 from pgnotify.db import as_url
 from pgnotify.devcluster import NoServer, Server, find_server, fresh_database
+from pgnotify.templates import TemplateRenderer
 from tests.peers.smtp import SmtpPeer
 from tests.peers.twilio import TwilioPeer
 
@@ -254,6 +257,84 @@ async def mime_build(bench: Bench, rounds: int = 400, runs: int = 5) -> dict[str
         note=f"median of {runs} × {rounds} builds; the stdlib EmailMessage takes about 3 ms",
     ).values.append(median)
     return {"rounds": rounds, "us_per_message": per_message_us}
+
+
+async def render_pool_cost(
+    bench: Bench, rounds: int = 300, runs: int = 5, burst: int = 200
+) -> dict[str, Any]:
+    """One SMS template rendered inline and through the render pool: µs per render.
+
+    The shop's template is a copy of the shipped one, so both paths render the same text;
+    the difference is the pool's price (pickling the context, a socket round trip, a
+    thread hop). ``one at a time`` is one awaited render after another (a batch with one
+    shop row); ``burst`` is ``burst`` renders gathered at once, so every worker is busy.
+    Pure CPU on this machine, no database; the workers are started before timing.
+    """
+    from pgnotify.render_pool import POOL_SIZE, RenderPool
+    from tests.samples import SHOP_ID, raw
+
+    kind, part = "booking_confirmed", "sms.txt"
+    with tempfile.TemporaryDirectory(prefix="pgnotify-bench-render-") as tmp:
+        shipped = TemplateRenderer().roots[0]
+        shop_file = Path(tmp) / "shops" / SHOP_ID / "en" / kind / part
+        shop_file.parent.mkdir(parents=True)
+        shop_file.write_text((shipped / "en" / kind / part).read_text())
+        renderer = TemplateRenderer([Path(tmp), shipped])
+        source = renderer.shop_source(kind, part, shop_id=SHOP_ID)
+        assert source is not None
+        ctx = build_context(raw())
+        pool = RenderPool(renderer.roots, timeout=10.0, memory_mb=256)
+        try:
+            expected = renderer.render(kind, part, ctx, locale="en")
+            # Starts every worker and checks both paths agree.
+            warm = await asyncio.gather(
+                *(
+                    pool.render(source, kind, part, ctx, locale="en", shop_id=SHOP_ID)
+                    for _ in range(POOL_SIZE)
+                )
+            )
+            assert set(warm) == {expected}
+            inline_us, alone_us, burst_us = [], [], []
+            for _ in range(runs):
+                start = time.perf_counter()
+                for _ in range(rounds * 10):
+                    renderer.render(kind, part, ctx, locale="en")
+                inline_us.append((time.perf_counter() - start) / (rounds * 10) * 1e6)
+                start = time.perf_counter()
+                for _ in range(rounds):
+                    await pool.render(source, kind, part, ctx, locale="en", shop_id=SHOP_ID)
+                alone_us.append((time.perf_counter() - start) / rounds * 1e6)
+                start = time.perf_counter()
+                await asyncio.gather(
+                    *(
+                        pool.render(source, kind, part, ctx, locale="en", shop_id=SHOP_ID)
+                        for _ in range(burst)
+                    )
+                )
+                burst_us.append((time.perf_counter() - start) / burst * 1e6)
+        finally:
+            pool.close()
+    note = f"median of {runs} runs; SMS template; {POOL_SIZE} worker processes"
+    bench.fig(
+        "render_inline_us",
+        "render one template inline (shipped or operator)",
+        "µs",
+        target=("<=", 30.0),
+        note=note,
+    ).values.append(statistics.median(inline_us))
+    bench.fig(
+        "render_pool_us",
+        "render one shop template in the render pool, one at a time",
+        "µs",
+        note=note,
+    ).values.append(statistics.median(alone_us))
+    bench.fig(
+        "render_pool_burst_us",
+        f"render shop templates in the render pool, {burst} at once (per render)",
+        "µs",
+        note=note,
+    ).values.append(statistics.median(burst_us))
+    return {"inline_us": inline_us, "pool_us": alone_us, "pool_burst_us": burst_us}
 
 
 # -- the plan ---------------------------------------------------------------------------
@@ -601,6 +682,7 @@ class Bench:
             Job("memory", self.memory, repeat=False),
             Job("postgres", self.postgres),
             Job("mime", functools.partial(mime_build, self)),
+            Job("render-pool", functools.partial(render_pool_cost, self)),
         ]
         return jobs
 
@@ -717,7 +799,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         metavar="JOB",
         help="run only jobs whose name starts with JOB (triggers, bare, drain-inapp, "
-        "drain-outbox, latency, memory, postgres, mime); repeatable",
+        "drain-outbox, latency, memory, postgres, mime, render-pool); repeatable",
     )
     p.add_argument("--output", type=Path, default=snapshot.source_root() / "bench-results.json")
     p.add_argument("--keep-db", action="store_true", help="do not drop the database afterwards")

@@ -17,6 +17,7 @@ from pgnotify.db import connect_sync, describe_dsn
 from pgnotify.errors import InstallationError, PgnotifyError
 from pgnotify.migrate import discover
 from pgnotify.model import Catalog
+from pgnotify.render_pool import RenderPool, ShopSource
 from pgnotify.settings import Settings
 from pgnotify.templates import TemplateRenderer
 from pgnotify.text import one_line
@@ -86,6 +87,43 @@ def check_templates(settings: Settings) -> str:
     return f"OK templates: {len(compiled)} compiled"
 
 
+def check_shop_templates(settings: Settings) -> list[str]:
+    """One line per shop with a template folder: its files compile, or the first that does not.
+
+    A shop's files are untrusted, so they compile in the render pool, under its budget
+    (compiling runs a template's constant expressions). The daemon starts whatever these
+    say; the shop's own notifications are the ones that would fail.
+    """
+    renderer = TemplateRenderer.from_settings(settings)
+    shops = renderer.shop_ids()
+    if not shops:
+        return []
+    pool = RenderPool(
+        renderer.roots,
+        timeout=settings.NOTIFICATION_RENDER_TIMEOUT,
+        memory_mb=settings.NOTIFICATION_RENDER_MEMORY_MB,
+        size=1,
+    )
+    lines = []
+    try:
+        for shop in shops:
+            files = [f for f in renderer.shop_files(shop) if f[0] in renderer.locales]
+            try:
+                for lang, name, path in files:
+                    source = ShopSource(
+                        f"template {name} ({lang}, shop {shop})", shop, (str(path),)
+                    )
+                    pool.compile_blocking(source, name, locale=lang, shop_id=shop)
+            except PgnotifyError as exc:
+                lines.append(f"FAIL shop {shop}: {exc}")
+            else:
+                noun = "template" if len(files) == 1 else "templates"
+                lines.append(f"OK shop {shop}: {len(files)} {noun} compiled")
+    finally:
+        pool.close()
+    return lines
+
+
 async def run_checks(settings: Settings) -> list[str]:
     """Every check, in order; none stops the others."""
     lines = ["OK settings: valid"]
@@ -93,6 +131,7 @@ async def run_checks(settings: Settings) -> list[str]:
     if lines[-1].startswith("OK"):
         lines.append(await asyncio.to_thread(check_catalog, settings))
     lines.append(check_templates(settings))
+    lines += await asyncio.to_thread(check_shop_templates, settings)
     if settings.smtp_configured:
         smtp = SmtpChannel(settings)
         try:

@@ -13,14 +13,22 @@ from typing import Any
 import psycopg
 
 from pgnotify import __version__, queries
-from pgnotify.db import check_dsn, connect_sync
+from pgnotify.db import connect_sync
 from pgnotify.errors import DatabaseUnavailable, InstallationError, PgnotifyError, SettingsError
 from pgnotify.migrate import MigrationError, migrate
 from pgnotify.resources import sql_dir, templates_dir
 from pgnotify.settings import Settings, load_settings
 from pgnotify.templates import PARTS
+from pgnotify.text import describe_error, one_line, redact
 
 EXIT_USAGE = 2
+# Database errors that say the configuration is wrong (exit 2, like a bad setting), not
+# that this one command failed (exit 1).
+_CONFIGURATION_ERRORS = (
+    psycopg.errors.InsufficientPrivilege,
+    psycopg.errors.InvalidPassword,
+    psycopg.errors.InvalidAuthorizationSpecification,
+)
 
 
 def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -39,7 +47,6 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from pgnotify import logs
     from pgnotify.daemon import Daemon
 
-    check_dsn(settings.database_url)
     logs.configure(settings.log_format, settings.NOTIFICATION_LOG_LEVEL)
     return asyncio.run(Daemon(settings).run())
 
@@ -123,7 +130,7 @@ def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
     from pgnotify.checks import run_checks
 
-    lines = asyncio.run(run_checks(settings))
+    lines = [redact(line) for line in asyncio.run(run_checks(settings))]
     for line in lines:
         print(line)
     return 1 if any(line.startswith("FAIL") for line in lines) else 0
@@ -194,7 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
 # What each command reads from the install: a broken install is found before connecting,
 # and is never one failed check among others.
 _NEEDS = {"migrate": (sql_dir,), "check": (sql_dir, templates_dir)}
-_NEEDS.update(run=(templates_dir,), render=(templates_dir,))
+_NEEDS.update(run=(sql_dir, templates_dir), render=(templates_dir,))
+
+
+def _fail(message: str, code: int) -> int:
+    """Print ``pgnotify: message`` as one redacted line on stderr; return ``code``."""
+    print(f"pgnotify: {one_line(redact(message))}", file=sys.stderr)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -207,18 +220,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         return func(settings, args)
     except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(
-            f"pgnotify: the database is not migrated ({first}): run pgnotify migrate",
-            file=sys.stderr,
+        return _fail(
+            f"the database is not migrated ({describe_error(exc)}): run pgnotify migrate",
+            EXIT_USAGE,
         )
-        return EXIT_USAGE
+    except _CONFIGURATION_ERRORS as exc:
+        return _fail(describe_error(exc), EXIT_USAGE)
+    except psycopg.Error as exc:
+        return _fail(describe_error(exc), 1)
     except (SettingsError, DatabaseUnavailable, MigrationError, InstallationError) as exc:
-        print(f"pgnotify: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(str(exc), EXIT_USAGE)
     except PgnotifyError as exc:
-        print(f"pgnotify: {exc}", file=sys.stderr)
-        return 1
+        return _fail(str(exc), 1)
     except KeyboardInterrupt:
         return 130
 

@@ -1,14 +1,19 @@
 """Turn a claimed notification into the message its channel sends.
 
-Composing is pure apart from the compiled-template cache: it reads ``n.context`` (the raw
-sections SQL loaded for the batch) and ``n.recipient``, and returns an ``EmailMessage``,
-``SmsMessage`` or ``InappMessage``. Values that end up in email headers (names, subject)
-are flattened to one line here, so a hostile name with a newline still gets its email;
-``channels/mime.py`` remains the gate that refuses anything unsafe.
+Composing is pure apart from the compiled-template cache and the render pool: it reads
+``n.context`` (the raw sections SQL loaded for the batch) and ``n.recipient``, and returns
+an ``EmailMessage``, ``SmsMessage`` or ``InappMessage``. Each message is its channel's parts,
+rendered, then assembled (``_assemble``, pure). A part that reads one of the shop's own
+files renders in the render pool (``render_pool.py``), under a time and memory budget; the
+others (shipped and operator templates) render inline, on the hot path. Values that end up
+in email headers (names, subject) are flattened to one line here, so a hostile name with a
+newline still gets its email; ``channels/mime.py`` remains the gate that refuses anything
+unsafe.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -23,7 +28,8 @@ from pgnotify.errors import DeliveryError, PermanentError, SkipNotification
 from pgnotify.ics import ICS_METHODS, build_ics
 from pgnotify.model import ClaimedNotification
 from pgnotify.outcome import classify
-from pgnotify.segments import count_segments, fold_to_gsm7
+from pgnotify.render_pool import RenderPool, ShopSource
+from pgnotify.segments import cap_sms, count_segments, fold_to_gsm7, shorten_for_sms
 from pgnotify.settings import Settings
 from pgnotify.templates import PARTS, TemplateRenderer
 from pgnotify.text import one_line
@@ -39,6 +45,16 @@ class Composer:
         self.renderer = renderer
         self.from_email = settings.FROM_EMAIL
         self.message_id_domain = settings.FROM_EMAIL.rpartition("@")[2] or "localhost"
+        # Starts its processes on the first shop template; close() stops them.
+        self.pool = RenderPool(
+            renderer.roots,
+            timeout=settings.NOTIFICATION_RENDER_TIMEOUT,
+            memory_mb=settings.NOTIFICATION_RENDER_MEMORY_MB,
+        )
+
+    def close(self) -> None:
+        """Stop the render pool's processes (a later shop template starts them again)."""
+        self.pool.close()
 
     def message_id(self, notification_id: int) -> str:
         """The Message-ID of a notification: the same on every retry, so duplicates thread."""
@@ -58,61 +74,166 @@ class Composer:
         when the notification is stale, its booking is gone or it has no recipient, and
         ``PermanentError`` for unknown channels and template failures.
         """
+        ctx = self._context(n, context, locale)
+        return self._compose(n, ctx, self._budgeted_parts(n, ctx))
+
+    def _compose(
+        self, n: ClaimedNotification, ctx: Mapping[str, Any], budgeted: Mapping[str, ShopSource]
+    ) -> Message:
+        data = _channel_context(n.channel, ctx)
+        parts = {}
+        for part in PARTS[n.channel]:
+            source = budgeted.get(part)
+            if source is None:
+                parts[part] = self._render(n.kind, part, data)
+            else:
+                parts[part] = self.pool.render_blocking(
+                    source, n.kind, part, data, locale=data["locale"], shop_id=source.shop_id
+                )
+        return self._assemble(n, ctx, parts)
+
+    async def _acompose(
+        self, n: ClaimedNotification, ctx: Mapping[str, Any], budgeted: Mapping[str, ShopSource]
+    ) -> Message:
+        """``_compose`` awaiting the render pool, so the event loop goes on meanwhile."""
+        data = _channel_context(n.channel, ctx)
+        parts = {}
+        for part in PARTS[n.channel]:
+            source = budgeted.get(part)
+            if source is None:
+                parts[part] = self._render(n.kind, part, data)
+            else:
+                parts[part] = await self.pool.render(
+                    source, n.kind, part, data, locale=data["locale"], shop_id=source.shop_id
+                )
+        return self._assemble(n, ctx, parts)
+
+    def compose_batch(self, batch: Sequence[ClaimedNotification]) -> list[Message | DeliveryError]:
+        """Compose a claimed batch, building each booking's context once.
+
+        The result is parallel to ``batch``: a message, or the ``DeliveryError`` that
+        notification ended with (the others are unaffected). A shop's own templates still
+        render in the render pool, and this waits for them: the daemon uses
+        ``acompose_batch``.
+        """
+        out: list[Message | DeliveryError] = []
+        for n, ctx in zip(batch, self._shared_contexts(batch), strict=True):
+            try:
+                out.append(self.compose(n, context=ctx))
+            except Exception as exc:
+                out.append(classify(exc))
+        return out
+
+    async def acompose_batch(
+        self, batch: Sequence[ClaimedNotification]
+    ) -> list[Message | DeliveryError]:
+        """``compose_batch`` for the daemon's workers.
+
+        Notifications whose templates are all shipped or operator ones are composed
+        inline, at once; those that read a shop's own files render in the render pool,
+        concurrently, while the event loop (other workers, health, LISTEN) goes on.
+        """
+        out: list[Message | DeliveryError | None] = []
+        waiting: dict[int, asyncio.Task[Message]] = {}
+        for i, (n, ctx) in enumerate(zip(batch, self._shared_contexts(batch), strict=True)):
+            try:
+                full = self._context(n, ctx, None)
+                if budgeted := self._budgeted_parts(n, full):
+                    waiting[i] = asyncio.create_task(self._acompose(n, full, budgeted))
+                    out.append(None)
+                else:
+                    out.append(self._compose(n, full, budgeted))
+            except Exception as exc:
+                out.append(classify(exc))
+        if waiting:
+            try:
+                await asyncio.wait(waiting.values())
+            finally:
+                for task in waiting.values():
+                    task.cancel()  # only those still running: a shutdown cut the wait short
+            for i, task in waiting.items():
+                error = task.exception()
+                out[i] = task.result() if error is None else classify(error)
+        return [m for m in out if m is not None]
+
+    def _shared_contexts(self, batch: Sequence[ClaimedNotification]) -> list[dict[str, Any] | None]:
+        """Each row's ``build_context``, built once per booking (and payment) of the batch."""
+        contexts: dict[tuple[object, object], dict[str, Any]] = {}
+        out: list[dict[str, Any] | None] = []
+        for n in batch:
+            ctx = None
+            if n.context is not None and n.booking_id is not None:
+                key = (n.booking_id, n.payment_id)
+                ctx = contexts.get(key)
+                if ctx is None:
+                    try:
+                        ctx = contexts[key] = build_context(n.context)
+                    except Exception:
+                        ctx = None  # compose builds it again and fails that row alone
+            out.append(ctx)
+        return out
+
+    def _context(
+        self, n: ClaimedNotification, context: Mapping[str, Any] | None, locale: str | None
+    ) -> Mapping[str, Any]:
         if n.stale_reason:
             raise SkipNotification(n.stale_reason)
         if n.context is None:
             raise SkipNotification("booking no longer exists")
         if not n.recipient:
             raise SkipNotification(f"no recipient for channel {n.channel}")
-        ctx = context if context is not None else build_context(n.context, locale=locale)
-        if n.channel == "email":
-            return self._email(n, n.recipient, ctx)
-        if n.channel == "sms":
-            body = fold_to_gsm7(self._render(n.kind, "sms.txt", ctx))
-            return SmsMessage(n.id, n.recipient, body)
-        if n.channel == "inapp":
-            title = one_line(self._render(n.kind, "inapp_title.txt", ctx))
-            return InappMessage(n.id, title, self._render(n.kind, "inapp_body.txt", ctx))
-        raise PermanentError(f"no templates for channel {n.channel!r}")
+        if n.channel not in PARTS:
+            raise PermanentError(f"no templates for channel {n.channel!r}")
+        return context if context is not None else build_context(n.context, locale=locale)
 
-    def compose_batch(self, batch: Sequence[ClaimedNotification]) -> list[Message | DeliveryError]:
-        """Compose a claimed batch, building each booking's context once.
-
-        The result is parallel to ``batch``: a message, or the ``DeliveryError`` that
-        notification ended with (the others are unaffected).
-        """
-        contexts: dict[tuple[object, object], dict[str, Any]] = {}
-        out: list[Message | DeliveryError] = []
-        for n in batch:
-            try:
-                ctx = None
-                if n.context is not None and n.booking_id is not None:
-                    key = (n.booking_id, n.payment_id)
-                    ctx = contexts.get(key)
-                    if ctx is None:
-                        ctx = contexts[key] = build_context(n.context)
-                out.append(self.compose(n, context=ctx))
-            except DeliveryError as exc:
-                out.append(exc)
-            except Exception as exc:
-                # A bug (or data we did not foresee) costs this notification an attempt,
-                # never the batch or the worker.
-                out.append(classify(exc))
+    def _budgeted_parts(
+        self, n: ClaimedNotification, ctx: Mapping[str, Any]
+    ) -> dict[str, ShopSource]:
+        """The parts of ``n``'s message that read the shop's own files (the render pool's)."""
+        shop_id = _shop_id(ctx)
+        if shop_id is None:
+            return {}
+        out = {}
+        for part in PARTS[n.channel]:
+            source = self.renderer.shop_source(n.kind, part, locale=ctx["locale"], shop_id=shop_id)
+            if source is not None:
+                out[part] = source
         return out
 
-    def _render(self, kind: str, part: str, ctx: Mapping[str, Any]) -> str:
-        shop_id = ctx["shop"].get("id")
-        return self.renderer.render(
-            kind, part, ctx, locale=ctx["locale"], shop_id=str(shop_id) if shop_id else None
-        )
+    def _assemble(
+        self, n: ClaimedNotification, ctx: Mapping[str, Any], parts: Mapping[str, str]
+    ) -> Message:
+        """The message of ``n`` from its rendered parts (pure)."""
+        assert n.recipient is not None  # _context skipped the others
+        if n.channel == "email":
+            return self._email(n, n.recipient, ctx, parts)
+        if n.channel == "sms":
+            return SmsMessage(n.id, n.recipient, cap_sms(fold_to_gsm7(parts["sms.txt"])))
+        return InappMessage(n.id, one_line(parts["inapp_title.txt"]), parts["inapp_body.txt"])
 
-    def _email(self, n: ClaimedNotification, to: str, ctx: Mapping[str, Any]) -> EmailMessage:
+    def _render(self, kind: str, part: str, ctx: Mapping[str, Any]) -> str:
+        # Inline: only for parts that read no shop file, so the shop's folder is left out.
+        return self.renderer.render(kind, part, ctx, locale=ctx["locale"])
+
+    def _email(
+        self,
+        n: ClaimedNotification,
+        to: str,
+        ctx: Mapping[str, Any],
+        parts: Mapping[str, str],
+    ) -> EmailMessage:
         shop = ctx["shop"]
         reply_to = shop.get("email")
         ics = None
         method = ICS_METHODS.get(n.kind)
         if method and ctx["starts_at"] is not None and n.context is not None:
-            ics = build_ics(method, n.context, organizer_email=self.from_email, attendee_email=to)
+            ics = build_ics(
+                method,
+                n.context,
+                organizer_email=self.from_email,
+                attendee_email=to,
+                sequence=n.ics_sequence,
+            )
         return EmailMessage(
             notification_id=n.id,
             to_address=to,
@@ -120,13 +241,23 @@ class Composer:
             from_name=one_line(str(shop.get("name") or ""), _MAX_NAME),
             # A malformed shop address must not cost the customer the email: drop it.
             reply_to=reply_to if reply_to and is_valid_address(reply_to) else None,
-            subject=one_line(self._render(n.kind, "email_subject.txt", ctx)),
-            text=_BLANK_LINES.sub("\n\n", self._render(n.kind, "email.txt", ctx)) + "\n",
-            html=self._render(n.kind, "email.html", ctx) + "\n",
+            subject=one_line(parts["email_subject.txt"]),
+            text=_BLANK_LINES.sub("\n\n", parts["email.txt"]) + "\n",
+            html=parts["email.html"] + "\n",
             message_id=self.message_id(n.id),
             ics=ics,
             ics_method=method if ics else None,
         )
+
+
+def _channel_context(channel: str, ctx: Mapping[str, Any]) -> Mapping[str, Any]:
+    # An SMS is short: what shops and customers typed is cut before it renders.
+    return shorten_for_sms(ctx) if channel == "sms" else ctx
+
+
+def _shop_id(ctx: Mapping[str, Any]) -> str | None:
+    shop_id = ctx["shop"].get("id")
+    return str(shop_id) if shop_id else None
 
 
 def render_preview(

@@ -26,12 +26,13 @@ from pgnotify.catalog import verify_catalog
 from pgnotify.channels.base import Channel
 from pgnotify.channels.registry import build_channels
 from pgnotify.compose import Composer
-from pgnotify.db import DB_ERRORS, create_pool
-from pgnotify.errors import InstallationError
+from pgnotify.db import DB_CONFIGURATION_ERRORS, DB_ERRORS, create_pool
+from pgnotify.errors import InstallationError, SettingsError
 from pgnotify.health import HealthServer
 from pgnotify.listener import Listener
 from pgnotify.logs import get_logger
 from pgnotify.maintenance import purge_retention, rescue_leases, watchdog
+from pgnotify.migrate import MigrationError, discover
 from pgnotify.model import Catalog
 from pgnotify.outcome import backoff
 from pgnotify.runtime import Runtime, Shared
@@ -39,8 +40,28 @@ from pgnotify.scheduler import Scheduler
 from pgnotify.settings import Settings
 from pgnotify.systemd import SystemdNotifier
 from pgnotify.templates import TemplateRenderer
-from pgnotify.text import describe_error, one_line
+from pgnotify.text import describe_error
 from pgnotify.worker import SETTLE_TIMEOUT, STOP_RECORD_GRACE, Worker
+
+
+class _NotMigrated(MigrationError):
+    """The database lacks migrations this install ships."""
+
+
+_START_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, MigrationError)
+
+
+def _why_start_fails(exc: BaseException) -> tuple[str, str] | None:
+    """(event, error) when ``exc`` at start is one that no retry can fix, else None."""
+    if isinstance(exc, _NotMigrated):
+        return "database_not_migrated", f"{exc}: run pgnotify migrate"
+    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.InvalidSchemaNameError):
+        return "database_not_migrated", f"{describe_error(exc)}: run pgnotify migrate"
+    if isinstance(exc, MigrationError):  # the shipped sql/ itself is broken
+        return "installation_broken", describe_error(exc)
+    if isinstance(exc, DB_CONFIGURATION_ERRORS):
+        return "database_refused", describe_error(exc)
+    return None
 
 
 def make_daemon_id() -> str:
@@ -126,10 +147,14 @@ class Daemon:
         self.shared.changed.ring()
 
     async def _connect_pool(self) -> tuple[asyncpg.Pool, Catalog] | None:
-        """The pool and the catalog, once the database answers; None if a stop came first.
+        """The pool and the catalog, once the database answers; None if the start ends here.
 
-        A database that is not migrated yet (no ``pgnotify.kinds``) is waited for like one
-        that does not answer: ``pgnotify migrate`` may be running right now.
+        A database that does not answer is waited for, with backoff. What no wait can fix
+        ends the start with exit 2 and one critical line (``_cannot_start``): a database
+        without the schema or with pending migrations (``pgnotify migrate`` runs before
+        the daemon, not beside it), a password, role or privilege the server refuses. A
+        stop that arrives meanwhile, even while the pool is being created, ends the start
+        before any loop runs.
         """
         failures = 0
         stopping = self.shared.stopping
@@ -137,12 +162,13 @@ class Daemon:
             pool = None
             try:
                 pool = await create_pool(self.settings)
-                row = await pool.fetchrow(queries.CATALOG)
-                assert row is not None  # one row, always
-                return pool, Catalog(tuple(row["kinds"]), tuple(row["channels"]))
-            except DB_ERRORS as exc:
+                catalog = await self._read_catalog(pool)
+            except _START_ERRORS as exc:
                 if pool is not None:
                     pool.terminate()
+                if fatal := _why_start_fails(exc):
+                    self._cannot_start(*fatal)
+                    return None
                 failures += 1
                 delay = backoff(failures, 0.5, 30.0)
                 error = describe_error(exc)
@@ -151,7 +177,30 @@ class Daemon:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await stopping.wait()
+                continue
+            if stopping.is_set():  # the stop came while connecting: start nothing
+                pool.terminate()
+                return None
+            return pool, catalog
         return None
+
+    @staticmethod
+    async def _read_catalog(pool: asyncpg.Pool) -> Catalog:
+        """The kinds and channels of a database migrated by this install, or ``_NotMigrated``."""
+        applied = {r["version"] for r in await pool.fetch(queries.APPLIED_MIGRATIONS)}
+        pending = [m.name for m in discover() if m.version not in applied]
+        if pending:
+            raise _NotMigrated(f"pending migrations {', '.join(pending)}")
+        row = await pool.fetchrow(queries.CATALOG)
+        assert row is not None  # one row, always
+        return Catalog(tuple(row["kinds"]), tuple(row["channels"]))
+
+    def _cannot_start(self, event: str, error: str) -> None:
+        """A start no retry can fix: one critical line and exit 2, which systemd does not
+        restart (``RestartPreventExitStatus=2``): it needs an operator."""
+        self.log.critical(event, error=error)
+        self.notifier.status(f"cannot start: {error[:200]}")
+        self.exit_code = 2
 
     async def _queue_usage_loop(self, rt: Runtime) -> None:
         while not rt.stopping.is_set():
@@ -183,12 +232,17 @@ class Daemon:
             )
         if hp := s.health_host_port:
             self.health = HealthServer(hp[0], hp[1], self.snapshot)
-            await self.health.start()
+            try:
+                await self.health.start()
+            except SettingsError as exc:
+                self.health = None
+                self._cannot_start("health_address_unusable", str(exc))
+                return self.exit_code
             self.log.info("health_listening", address=f"{self.health.host}:{self.health.port}")
         try:
             connected = await self._connect_pool()
             if connected is None:
-                return 0
+                return self.exit_code
             pool, catalog = connected
             try:
                 verify_catalog(catalog, self.renderer, self.channels)
@@ -210,6 +264,7 @@ class Daemon:
             for ch in self.channels.values():
                 with contextlib.suppress(Exception):
                     await ch.aclose()
+            self.composer.close()  # the shop templates' render processes
         self.log.info("stopped", sent=self.shared.stats.sent, exit_code=self.exit_code)
         return self.exit_code
 
@@ -233,7 +288,7 @@ class Daemon:
                 self.log.critical(
                     "task_died",
                     task=task.get_name(),
-                    error=one_line(f"{type(exc).__name__}: {exc}") if exc else "returned",
+                    error=describe_error(exc) if exc else "returned",
                     exc_info=exc,
                 )
             self.exit_code = 1

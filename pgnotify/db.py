@@ -1,14 +1,19 @@
 """The database edge: psycopg for the CLI and migrations, asyncpg for the daemon.
 
 It owns how connections are made (the daemon's pool, the CLI's connections), which
-errors mean "the database is away" (``DB_ERRORS``), and how such an error is described.
-Connection failures become ``DatabaseUnavailable`` with a one-line message naming the
-host, never a traceback, and never the password.
+errors mean "the database is away" (``DB_ERRORS``) and which mean "this configuration
+cannot work" (``DB_CONFIGURATION_ERRORS``), what a ``DATABASE_URL`` must be
+(``dsn_problem``), where it points (``describe_dsn``) and which of its parts are secret
+(``dsn_secrets``). Connection failures become ``DatabaseUnavailable`` with a one-line
+message naming the host, never a traceback, and never the password. The error itself is
+described by ``text.describe_error``, the one description (and redaction) of every
+error pgnotify shows.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -18,7 +23,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from pgnotify.errors import DatabaseUnavailable
 from pgnotify.settings import Settings
-from pgnotify.text import one_line
+from pgnotify.text import one_line, redact
 
 DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
@@ -33,6 +38,63 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
 """What the daemon's loops catch as "the database is away": they back off and go on."""
 
 
+DB_CONFIGURATION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.InvalidPasswordError,
+    asyncpg.InvalidAuthorizationSpecificationError,  # no such role, NOLOGIN, pg_hba
+    asyncpg.InsufficientPrivilegeError,
+    asyncpg.ClientConfigurationError,  # a URL option asyncpg refuses (sslmode=bogus)
+)
+"""What no retry can fix: the daemon stops at start (exit 2) instead of waiting forever."""
+
+# libpq quotes the piece of the URL it stumbled on, which may be the password: a parse
+# error is shown without any quoted piece longer than one character (``"="`` stays).
+_QUOTED = re.compile(r'"([^"]*)"')
+_KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'?|\S+)")
+_QUERY_PASSWORD = re.compile(r"[?&]password=([^&#]*)")
+
+
+def dsn_secrets(dsn: str) -> list[str]:
+    """The password(s) of a URL or keyword string, found without parsing it with libpq.
+
+    Works on strings libpq refuses, so their error messages can be redacted too. For a
+    URL it is generous: everything between ``://`` and the last ``@`` is user-info.
+    """
+    found: list[str] = []
+    _, scheme, rest = dsn.partition("://")
+    if scheme:
+        userinfo = rest.rpartition("@")[0]
+        found.append(userinfo.partition(":")[2])
+        found.extend(_QUERY_PASSWORD.findall(rest))
+    for value in _KEYWORD_PASSWORD.findall(dsn):
+        if value.startswith("'"):
+            value = re.sub(r"\\(.)", r"\1", value.strip("'"))
+        found.append(value)
+    return [v for v in found if v]
+
+
+def _hide_quoted(match: re.Match[str]) -> str:
+    return match.group(0) if len(match.group(1)) <= 1 else '"…"'
+
+
+def _userinfo(dsn: str) -> list[str]:
+    _, scheme, rest = dsn.partition("://")
+    return [rest.rpartition("@")[0]] if scheme else []
+
+
+def dsn_problem(dsn: str) -> str | None:
+    """Why libpq cannot use ``dsn`` (one line, no password, no user-info), or None."""
+    try:
+        info = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        reason = _QUOTED.sub(_hide_quoted, one_line(str(exc)))
+        return "is not a valid libpq URL: " + redact(reason, [*dsn_secrets(dsn), *_userinfo(dsn)])
+    for port in str(info.get("port") or "").split(","):
+        # Not echoed: a password with an unescaped "/" is read by libpq as host:port.
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            return "has a port that is not a number from 1 to 65535"
+    return None
+
+
 def describe_dsn(dsn: str) -> str:
     """``user@host:port/dbname`` of a libpq URL or keyword string, without the password."""
     try:
@@ -43,17 +105,14 @@ def describe_dsn(dsn: str) -> str:
     port = str(info.get("port") or 5432)
     user = str(info.get("user") or "")
     db = str(info.get("dbname") or "")
-    return f"{user + '@' if user else ''}{host}:{port}/{db}"
+    return redact(f"{user + '@' if user else ''}{host}:{port}/{db}", dsn_secrets(dsn))
 
 
-def check_dsn(dsn: str) -> None:
-    """Reject a DATABASE_URL libpq cannot parse, with the reason."""
-    try:
-        conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as exc:
-        raise DatabaseUnavailable(
-            f"DATABASE_URL is not a valid libpq URL: {one_line(str(exc))}"
-        ) from None
+def check_dsn(dsn: str, name: str = "DATABASE_URL") -> None:
+    """Reject a URL libpq cannot use (``dsn_problem``), naming the variable ``name``."""
+    problem = dsn_problem(dsn)
+    if problem:
+        raise DatabaseUnavailable(f"{name} {problem}")
 
 
 def connect_sync(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
@@ -63,9 +122,8 @@ def connect_sync(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(dsn, **kwargs)
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to {describe_dsn(dsn)}: {one_line(str(exc))}"
-        ) from None
+        reason = redact(one_line(str(exc)), dsn_secrets(dsn))
+        raise DatabaseUnavailable(f"cannot connect to {describe_dsn(dsn)}: {reason}") from None
 
 
 def as_url(dsn: str) -> str:

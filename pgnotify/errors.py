@@ -7,6 +7,8 @@ so an unforeseen bug delays a notification instead of losing it.
 
 from __future__ import annotations
 
+from pgnotify.text import one_line
+
 
 class PgnotifyError(Exception):
     """Base of every error pgnotify raises on purpose."""
@@ -29,7 +31,7 @@ class DeliveryError(PgnotifyError):
 
     def __init__(self, message: str) -> None:
         # last_error is one line: providers sometimes answer with multi-line text.
-        super().__init__(" ".join(str(message).split()) or self.__class__.__name__)
+        super().__init__(one_line(str(message)) or self.__class__.__name__)
 
     @property
     def reason(self) -> str:

@@ -1,8 +1,12 @@
 """iCalendar (RFC 5545) invitations for bookings, so a customer can add them to a calendar.
 
-One VEVENT per booking with a stable UID (``<booking-id>@pgnotify``) and the booking's
-``sequence`` as SEQUENCE: a calendar replaces the event it holds when a reschedule or a
-cancellation arrives with a higher SEQUENCE, instead of adding a second one.
+One VEVENT per booking with a stable UID (``<booking-id>@pgnotify``) and a SEQUENCE that
+grows with each change of the booking: a calendar replaces the event it holds when a
+reschedule or a cancellation arrives with a higher SEQUENCE, instead of adding a second
+one. The SEQUENCE is the row's ``ics_sequence``: the booking's version (a small counter
+SQL bumps on each change of its status or start time) frozen when the invitation was
+queued, so changes within one second still supersede each other and a retry sends the
+same value.
 """
 
 from __future__ import annotations
@@ -18,7 +22,12 @@ ICS_METHODS = {
     "booking_rescheduled": "REQUEST",
     "booking_cancelled": "CANCEL",
 }
-"""Kinds that carry an invitation, and its METHOD; other kinds send no ICS."""
+"""Kinds that carry an invitation, and its METHOD; other kinds send no ICS.
+
+sql/003_*.sql freezes ``ics_sequence`` for the email rows of exactly these kinds."""
+
+MAX_SEQUENCE = 2**31 - 1
+"""RFC 5545 SEQUENCE is an INTEGER: a signed 32-bit value, as calendar clients store it."""
 
 
 def escape_text(value: str) -> str:
@@ -68,10 +77,13 @@ def build_ics(
     organizer_email: str,
     attendee_email: str | None,
     now: datetime | None = None,
+    sequence: int | None = None,
 ) -> str:
     """Render a VCALENDAR with one VEVENT for the booking in ``raw`` (the SQL context).
 
     ``method`` is ``REQUEST`` or ``CANCEL`` (which also sets ``STATUS:CANCELLED``).
+    ``sequence`` is the notification's frozen ``ics_sequence``; without it (a preview) the
+    context's ``booking.sequence`` is used, else 0; either is clamped to 0..2^31-1.
     Returns CRLF-terminated, folded text; raises ``ValueError`` without a start time.
     """
     booking: Mapping[str, Any] = raw.get("booking") or {}
@@ -89,6 +101,10 @@ def build_ics(
     description = ", ".join(
         part for part in (service.get("name"), staff.get("name"), shop.get("name")) if part
     )
+    if sequence is None:
+        sequence = int(booking.get("sequence") or 0)
+    # Clamped, never refused: a calendar that misses one update is better than no email.
+    sequence = min(max(sequence, 0), MAX_SEQUENCE)
     cancelled = method == "CANCEL"
     lines = [
         "BEGIN:VCALENDAR",
@@ -98,7 +114,7 @@ def build_ics(
         f"METHOD:{method}",
         "BEGIN:VEVENT",
         f"UID:{booking.get('id')}@pgnotify",
-        f"SEQUENCE:{int(booking.get('sequence') or 0)}",
+        f"SEQUENCE:{sequence}",
         f"DTSTAMP:{_utc(now or datetime.now(UTC))}",
         f"DTSTART:{_utc(starts)}",
         f"DTEND:{_utc(ends)}",

@@ -2,7 +2,8 @@
 
 - ``rescue_leases``: rows left in ``sending`` by a dead daemon go back to pending.
 - ``purge_retention``: finished rows older than ``NOTIFICATION_RETENTION_DAYS`` go, in
-  small batches, every ``NOTIFICATION_PURGE_INTERVAL`` seconds (hourly by default).
+  small batches, every ``NOTIFICATION_PURGE_INTERVAL`` seconds (hourly by default), and
+  so do the in-app messages read and older than that (unread ones stay).
 - ``watchdog``: tells systemd we are alive, but only while the database answers.
 """
 
@@ -62,19 +63,27 @@ async def purge_retention(rt: Runtime) -> None:
     delay = min(PURGE_FIRST_DELAY, interval)
     while not await _sleep_or_stop(rt, delay):
         delay = interval
-        total = 0
+        total = inbox = 0
         try:
-            while not rt.stopping.is_set():
-                deleted = await rt.pool.fetchval(queries.PURGE_FINISHED, days, PURGE_BATCH)
-                total += int(deleted or 0)
-                if not deleted or deleted < PURGE_BATCH:
-                    break
-                await asyncio.sleep(0.1)  # let other work in between batches
+            total = await _purge_in_batches(rt, queries.PURGE_FINISHED, days)
+            inbox = await _purge_in_batches(rt, queries.PURGE_READ_INBOX, days)
         except DB_ERRORS as exc:
             log.warning("purge_failed", error=describe_error(exc))
             delay = min(PURGE_RETRY_DELAY, interval)
-        if total:
-            log.info("purged", count=total, older_than_days=days)
+        if total or inbox:
+            log.info("purged", count=total, inbox_count=inbox, older_than_days=days)
+
+
+async def _purge_in_batches(rt: Runtime, statement: str, days: int) -> int:
+    """Run a purge statement until it deletes less than a batch; the count it deleted."""
+    total = 0
+    while not rt.stopping.is_set():
+        deleted = await rt.pool.fetchval(statement, days, PURGE_BATCH)
+        total += int(deleted or 0)
+        if not deleted or deleted < PURGE_BATCH:
+            break
+        await asyncio.sleep(0.1)  # let other work in between batches
+    return total
 
 
 async def watchdog(rt: Runtime, notifier: SystemdNotifier) -> None:

@@ -37,3 +37,5 @@ class ClaimedNotification:
     run_at: datetime
     context: dict[str, Any] | None
     stale_reason: str | None = None
+    # The invitation's SEQUENCE, frozen into the row when it was queued (None: no ICS).
+    ics_sequence: int | None = None

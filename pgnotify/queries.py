@@ -10,41 +10,102 @@ from __future__ import annotations
 
 # -- claim_due --
 # Take up to $1 due pending rows in order, mark them ours under a lease, and return each
-# with its rendering context and the send-time re-check (both computed in SQL, for the
-# whole batch at once: pgnotify.render_contexts is inlined here).
-CLAIM_DUE = """
+# with its rendering context and why it must not be sent, if so (both computed in SQL,
+# for the whole batch at once: pgnotify.render_contexts is called once per claim).
+#
+# The recipient is read here, at send time, from the booking's current customer (by the
+# rule the triggers apply when queuing, pgnotify.recipient_of), and recorded in
+# `recipient` with the customer in `customer_id`: a booking given to another customer, or
+# a changed email or phone, applies to everything not yet sent. `stale_reason` is
+# pgnotify.send_problem: a stale reminder, a booking messages cannot show, an opt-out or
+# a contact that fails validation; the daemon skips such a row with it.
+#
+# Nothing in this statement does arithmetic on a row's data (render_contexts and
+# send_problem only compare), so no row can make it fail for the others. Should a data
+# error (SQLSTATE class 22) escape anyway, the worker claims the rows one at a time
+# (CLAIM_ONE, the same statement over one row) and fails the guilty one (FAIL_UNCLAIMABLE).
+_CLAIM = """
 with due as (
-    select id
+    /*due*/
+), contexts as (
+    select * from pgnotify.render_contexts(array(select booking_id from due),
+                                           array(select payment_id from due))
+), checked as (
+    select d.id, x.booking_id is not null as found, x.customer_id,
+           pgnotify.recipient_of(d.channel, x.email, x.phone, x.user_id) as recipient,
+           pgnotify.send_problem(d.kind, d.channel, d.occurrence, x.booking_status,
+                                 x.starts_at, x.problem, x.email, x.phone, x.user_id,
+                                 o.customer_id is not null, o.reason) as problem
+    from due d
+    left join contexts x
+           on x.booking_id = d.booking_id and x.payment_id is not distinct from d.payment_id
+    left join pgnotify.opt_outs o on o.customer_id = x.customer_id and o.channel = d.channel
+), claimed as (
+    update pgnotify.notifications n
+       set status = 'sending', attempts = n.attempts + 1, claimed_by = $2,
+           lease_until = now() + make_interval(secs => $3), updated_at = now(),
+           customer_id = case when k.found then k.customer_id else n.customer_id end,
+           recipient = case when k.found then k.recipient else n.recipient end
+      from checked k
+     where n.id = k.id
+    returning n.id, n.kind, n.channel, n.recipient, n.booking_id, n.payment_id,
+              n.attempts, n.run_at, n.ics_sequence, k.problem
+)
+select c.id, c.kind, c.channel, c.recipient, c.booking_id, c.payment_id, c.attempts,
+       c.run_at, c.ics_sequence,
+       -- Sibling rows (one booking's email, SMS and in-app) share one context: send it
+       -- once, on the first of them; the daemon hands it to the others.
+       case when row_number() over (partition by c.booking_id, c.payment_id order by c.id) = 1
+            then x.context end as context,
+       c.problem as stale_reason
+from claimed c
+left join contexts x
+       on x.booking_id = c.booking_id and x.payment_id is not distinct from c.payment_id
+order by c.run_at, c.id
+"""
+
+CLAIM_DUE = _CLAIM.replace(
+    "/*due*/",
+    """select id, kind, channel, booking_id, payment_id, occurrence
     from pgnotify.notifications
     where status = 'pending' and run_at <= now()
       and channel <> all ($4::text[])
     order by run_at, id
     limit $1
-    for update skip locked
-), claimed as (
-    update pgnotify.notifications n
-       set status = 'sending', attempts = n.attempts + 1, claimed_by = $2,
-           lease_until = now() + make_interval(secs => $3), updated_at = now()
-      from due
-     where n.id = due.id
-    returning n.id, n.kind, n.channel, n.recipient, n.booking_id, n.payment_id,
-              n.attempts, n.run_at, n.occurrence
-), contexts as (
-    select * from pgnotify.render_contexts(array(select booking_id from claimed),
-                                           array(select payment_id from claimed))
+    for update skip locked""",
 )
-select c.id, c.kind, c.channel, c.recipient, c.booking_id, c.payment_id, c.attempts,
-       c.run_at,
-       -- Sibling rows (one booking's email, SMS and in-app) share one context: send it
-       -- once, on the first of them; the daemon hands it to the others.
-       case when row_number() over (partition by c.booking_id, c.payment_id order by c.id) = 1
-            then x.context end as context,
-       pgnotify.stale_reason(c.kind, c.occurrence, x.booking_status, x.starts_at)
-           as stale_reason
-from claimed c
-left join contexts x
-       on x.booking_id = c.booking_id and x.payment_id is not distinct from c.payment_id
-order by c.run_at, c.id
+
+# -- claim_one --
+# The claim of row $1 alone, if it is still due and free (same parameters otherwise):
+# the worker's fallback when CLAIM_DUE failed on some row's data.
+CLAIM_ONE = _CLAIM.replace(
+    "/*due*/",
+    """select id, kind, channel, booking_id, payment_id, occurrence
+    from pgnotify.notifications
+    where id = $1::bigint and status = 'pending' and run_at <= now()
+      and channel <> all ($4::text[])
+    for update skip locked""",
+)
+
+# -- due_ids --
+# The ids CLAIM_DUE would take, in its order, without claiming them (the fallback's list).
+DUE_IDS = """
+select id
+from pgnotify.notifications
+where status = 'pending' and run_at <= now() and channel <> all ($2::text[])
+order by run_at, id
+limit $1
+"""
+
+# -- fail_unclaimable --
+# Row $1 made the claim fail with the data error $2: it becomes a dead letter, so that it
+# stops failing claims; other rows are unaffected. Conditional: only while still pending.
+FAIL_UNCLAIMABLE = """
+update pgnotify.notifications
+   set status = 'failed', lease_until = null, updated_at = now(),
+       last_error = 'cannot be claimed: ' || $2::text
+ where id = $1 and status = 'pending'
+returning id
 """
 
 # -- record_outcomes --
@@ -149,6 +210,10 @@ select array(select kind from pgnotify.kinds order by kind) as kinds,
 
 # -- purge_finished --
 PURGE_FINISHED = "select pgnotify.purge(make_interval(days => $1), $2)"
+
+# -- purge_read_inbox --
+# Read in-app messages created more than $1 days ago, at most $2 per call.
+PURGE_READ_INBOX = "select pgnotify.purge_inbox(make_interval(days => $1), $2)"
 
 # -- ping --
 PING = "select 1"

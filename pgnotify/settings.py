@@ -2,23 +2,71 @@
 
 Secrets can also come from files, for systemd's ``LoadCredential=``: ``SMTP_PASSWORD_FILE``,
 ``TWILIO_AUTH_TOKEN_FILE`` and ``DATABASE_URL_FILE``, or a file of the setting's name in
-``$CREDENTIALS_DIRECTORY``. Secrets are ``SecretStr`` so they never reach a log line.
+``$CREDENTIALS_DIRECTORY``. Secrets are ``SecretStr`` so they never reach a log line, and
+they are handed to ``text.redact`` as they load, so no error message shows them either.
+
+A setting that cannot work is refused here, so every command stops at start (exit 2)
+naming it: every number is finite and bounded, URLs parse, a secret never travels in
+clear text to another host, the sender address is one we can send from.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pgnotify.channels.mime import is_valid_address
 from pgnotify.errors import SettingsError
 from pgnotify.segments import is_e164
+from pgnotify.text import one_line, redact, remember_secrets
 
 _SECRET_NAMES = ("DATABASE_URL", "LISTEN_DATABASE_URL", "SMTP_PASSWORD", "TWILIO_AUTH_TOKEN")
+_LOOPBACK = "a loopback address (127.0.0.0/8, ::1, localhost)"
+# Upper bounds of the durations (seconds): far above any sensible value, far below what
+# overflows a timestamp or makes a timer meaningless. Every float is also finite.
+_HOUR, _DAY = 3600.0, 86400.0
+_MAX_RETRY_DELAY = 7 * _DAY
+_MAX_RETRY_DELAYS = 100
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a literal address in 127.0.0.0/8 or ``::1``; no name is resolved."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _secret_values(data: dict[str, Any]) -> list[str]:
+    """Every secret in the raw settings, with the passwords inside the database URLs."""
+    from pgnotify.db import dsn_secrets
+
+    values: list[str] = []
+    for name in _SECRET_NAMES:
+        value = data.get(name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str) and value:
+            values.extend(dsn_secrets(value) if name.endswith("DATABASE_URL") else [value])
+    return values
 
 
 class Settings(BaseSettings):
@@ -50,22 +98,28 @@ class Settings(BaseSettings):
 
     NOTIFICATION_WORKERS: int = Field(default=3, ge=1, le=256)
     NOTIFICATION_BATCH_SIZE: int = Field(default=10, ge=1, le=10_000)
-    NOTIFICATION_POLL_INTERVAL: float = Field(default=10.0, gt=0)
+    NOTIFICATION_POLL_INTERVAL: float = Field(default=10.0, gt=0, le=_HOUR, allow_inf_nan=False)
     NOTIFICATION_MAX_RETRIES: int = Field(default=3, ge=0, le=100)
     NOTIFICATION_RETRY_DELAYS: Annotated[tuple[float, ...], NoDecode] = (60.0, 300.0, 900.0)
-    NOTIFICATION_RETENTION_DAYS: int = Field(default=90, ge=1)
+    NOTIFICATION_RETENTION_DAYS: int = Field(default=90, ge=1, le=36_500)
     # Seconds between retention purges (the first runs within a minute of the start).
-    NOTIFICATION_PURGE_INTERVAL: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
-    NOTIFICATION_SEND_TIMEOUT: float = Field(default=30.0, gt=0)
-    NOTIFICATION_LEASE_SECONDS: float = Field(default=120.0, gt=0)
-    NOTIFICATION_SHUTDOWN_GRACE: float = Field(default=20.0, ge=0)
+    NOTIFICATION_PURGE_INTERVAL: float = Field(
+        default=3600.0, gt=0, le=7 * _DAY, allow_inf_nan=False
+    )
+    NOTIFICATION_SEND_TIMEOUT: float = Field(default=30.0, gt=0, le=_HOUR, allow_inf_nan=False)
+    NOTIFICATION_LEASE_SECONDS: float = Field(default=120.0, gt=0, le=_DAY, allow_inf_nan=False)
+    NOTIFICATION_SHUTDOWN_GRACE: float = Field(default=20.0, ge=0, le=_HOUR, allow_inf_nan=False)
     NOTIFICATION_OUTBOX_DIR: Path = Path("./outbox")
     NOTIFICATION_HEALTH_ADDR: str = "127.0.0.1:8787"
     NOTIFICATION_LOG_FORMAT: Literal["json", "console"] | None = None
     NOTIFICATION_LOG_LEVEL: Literal["debug", "info", "warning", "error"] = "info"
     NOTIFICATION_TEMPLATES_DIR: Path | None = None
-    NOTIFICATION_PROBE_INTERVAL: float = Field(default=5.0, gt=0)
-    NOTIFICATION_DB_TIMEOUT: float = Field(default=15.0, gt=0)
+    # The budget of one render of a shop's own template (render_pool.py): seconds, and the
+    # worker process's address space. A worker needs about 50 MB before it renders at all.
+    NOTIFICATION_RENDER_TIMEOUT: float = Field(default=2.0, gt=0, le=60, allow_inf_nan=False)
+    NOTIFICATION_RENDER_MEMORY_MB: int = Field(default=256, ge=64, le=65_536)
+    NOTIFICATION_PROBE_INTERVAL: float = Field(default=5.0, gt=0, le=_HOUR, allow_inf_nan=False)
+    NOTIFICATION_DB_TIMEOUT: float = Field(default=15.0, gt=0, le=_HOUR, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -85,6 +139,8 @@ class Settings(BaseSettings):
                     data[name] = Path(path).read_text(encoding="utf-8").strip()
                 except OSError as exc:
                     raise ValueError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from exc
+        # Before any value is validated: an error about a bad setting is redacted too.
+        remember_secrets(_secret_values(data))
         return data
 
     @field_validator("NOTIFICATION_RETRY_DELAYS", mode="before")
@@ -95,12 +151,55 @@ class Settings(BaseSettings):
             if not parts:
                 raise ValueError("expected comma-separated seconds, e.g. 60,300,900")
             try:
-                delays = tuple(float(p) for p in parts)
+                return tuple(float(p) for p in parts)
             except ValueError:
                 raise ValueError(f"expected comma-separated seconds, got {value!r}") from None
-            if any(d < 0 for d in delays):
-                raise ValueError("delays must not be negative")
-            return delays
+        return value
+
+    @field_validator("NOTIFICATION_RETRY_DELAYS")
+    @classmethod
+    def _bounded_delays(cls, delays: tuple[float, ...]) -> tuple[float, ...]:
+        if not 1 <= len(delays) <= _MAX_RETRY_DELAYS:
+            raise ValueError(f"expected 1 to {_MAX_RETRY_DELAYS} delays, got {len(delays)}")
+        if any(d < 0 for d in delays):
+            raise ValueError("delays must not be negative")
+        if not all(math.isfinite(d) and d <= _MAX_RETRY_DELAY for d in delays):
+            raise ValueError(
+                f"each delay must be a finite number of seconds <= {_MAX_RETRY_DELAY:g}"
+            )
+        return delays
+
+    @field_validator("DATABASE_URL", "LISTEN_DATABASE_URL")
+    @classmethod
+    def _usable_dsn(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        from pgnotify.db import dsn_problem
+
+        if value is not None and (problem := dsn_problem(value.get_secret_value())):
+            raise ValueError(f"{info.field_name} {problem}")
+        return value
+
+    @field_validator("TWILIO_API_URL")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        # The auth token travels in every request's Authorization header.
+        parts = urlsplit(value)
+        host = parts.hostname or ""
+        if not host or not (
+            parts.scheme == "https" or (parts.scheme == "http" and is_loopback(host))
+        ):
+            raise ValueError(
+                "must be an https:// URL with a host (plain http:// only towards "
+                f"{_LOOPBACK}): the auth token is sent with every request"
+            )
+        return value
+
+    @field_validator("FROM_EMAIL")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        if not is_valid_address(value):
+            raise ValueError(
+                f"must be a plain email address like bookings@example.com, got {value!r}"
+            )
         return value
 
     @field_validator("TWILIO_PHONE_NUMBER")
@@ -136,6 +235,16 @@ class Settings(BaseSettings):
             raise ValueError("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set together")
         if self.SMTP_USERNAME and not self.SMTP_PASSWORD:
             raise ValueError("SMTP_PASSWORD is required when SMTP_USERNAME is set")
+        if (
+            self.SMTP_SECURITY == "none"
+            and (self.SMTP_USERNAME or self.SMTP_PASSWORD)
+            and self.SMTP_SERVER
+            and not is_loopback(self.SMTP_SERVER)
+        ):
+            raise ValueError(
+                "SMTP_SECURITY=none would send SMTP_USERNAME and SMTP_PASSWORD in clear text:"
+                f" allowed only when SMTP_SERVER is {_LOOPBACK}; use starttls or tls"
+            )
         return self
 
     @property
@@ -198,5 +307,7 @@ def load_settings(**overrides: Any) -> Settings:
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "settings"
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{where}: {msg}")
-        raise SettingsError("invalid settings: " + "; ".join(lines)) from None
+            # A message of a check across settings, or one that starts with the variable's
+            # name, already says where.
+            lines.append(msg if not err["loc"] or msg.startswith(where) else f"{where}: {msg}")
+        raise SettingsError(redact(one_line("invalid settings: " + "; ".join(lines)))) from None

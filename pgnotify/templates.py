@@ -12,10 +12,16 @@ Spanish customer of a shop that only customised English gets the default Spanish
 ``{% extends "layout.html" %}`` follows the same chain, so a shop may override only its
 layout.
 
-Shop owners may write templates, so the environment is sandboxed; ``StrictUndefined``
-turns a missing variable into an error instead of a blank, and every template error
-becomes a ``PermanentError`` naming the template. Templates are compiled once and kept
-(no file system access on the hot path); ``clear_cache`` picks up edits.
+Every environment is sandboxed; ``StrictUndefined`` turns a missing variable into an
+error instead of a blank, and every template error becomes a ``PermanentError`` naming the
+template. Templates are compiled once and kept (no file system access on the hot path);
+``clear_cache`` picks up edits.
+
+Shop owners write their folders, so those are untrusted (CONTRACT §5): ``shop_source``
+tells which renders read a shop's file, and the composer sends only those to the render
+pool (``render_pool.py``, time and memory budget, ``ImmutableSandboxedEnvironment``).
+Everything else renders here, inline. This process never compiles a shop's file: compiling
+evaluates constant expressions, which is enough for ``'x' * 3000000000``.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ import re
 from collections import ChainMap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from jinja2 import (
+    Environment,
     FileSystemLoader,
     StrictUndefined,
     Template,
@@ -34,11 +41,17 @@ from jinja2 import (
     TemplateNotFound,
     TemplateSyntaxError,
 )
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.meta import find_referenced_templates
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
 from pgnotify.errors import PermanentError
+from pgnotify.render_pool import ShopSource
 from pgnotify.resources import templates_dir
-from pgnotify.settings import Settings
+
+if TYPE_CHECKING:
+    # Not imported at run time: the render pool's workers import this module, and start
+    # twice as fast without pydantic.
+    from pgnotify.settings import Settings
 
 DEFAULT_LOCALE = "en"
 
@@ -57,9 +70,10 @@ class TemplateRenderer:
 
     def __init__(self, roots: Sequence[Path] | None = None) -> None:
         self.roots: tuple[Path, ...] = tuple(roots) if roots else (templates_dir(),)
-        self._envs: dict[tuple[str | None, str], SandboxedEnvironment] = {}
+        self._envs: dict[tuple[str | None, str], Environment] = {}
         self._templates: dict[tuple[str | None, str, str, str], Template] = {}
         self._shop_dirs: dict[str, bool] = {}
+        self._shop_sources: dict[tuple[str, str, str, str], ShopSource | None] = {}
         self._locales = frozenset(
             child.name
             for root in self.roots
@@ -86,6 +100,7 @@ class TemplateRenderer:
         self._envs.clear()
         self._templates.clear()
         self._shop_dirs.clear()
+        self._shop_sources.clear()
 
     def render(
         self,
@@ -134,19 +149,8 @@ class TemplateRenderer:
             return cached
         if not (_SAFE_SEGMENT.match(kind) and _SAFE_SEGMENT.match(part.replace(".", "_"))):
             raise PermanentError(f"invalid template name {kind!r}/{part!r}")
-        env = self._env(shop, lang)
         label = self._label(kind, part, lang, shop)
-        try:
-            template = env.get_template(f"{kind}/{part}")
-        except TemplateNotFound as exc:
-            raise PermanentError(f"{label}: template {exc.name} not found") from exc
-        except TemplateSyntaxError as exc:
-            raise PermanentError(
-                f"{label}: syntax error in {exc.name or exc.filename} line {exc.lineno}: "
-                f"{exc.message}"
-            ) from exc
-        except TemplateError as exc:
-            raise PermanentError(f"{label}: {exc}") from exc
+        template = self._compile(self._env(shop, lang), f"{kind}/{part}", label)
         self._templates[key] = template
         return template
 
@@ -190,6 +194,125 @@ class TemplateRenderer:
                             done.append(self._label(kind, part, lang, shop))
         return done
 
+    def shop_source(
+        self, kind: str, part: str, *, locale: str = DEFAULT_LOCALE, shop_id: str | None = None
+    ) -> ShopSource | None:
+        """Which of the shop's own files rendering ``<kind>/<part>`` reads; None if none.
+
+        None means the render reads only shipped and operator files, so it is trusted and
+        renders the same with ``shop_id=None``. Otherwise the render must go to the render
+        pool. Found once per (shop, locale, kind, part) by following ``extends``,
+        ``include`` and ``import`` through the trusted files only (a shop's file is never
+        parsed here); a reference whose name is computed counts as reading the shop's files.
+        """
+        if not shop_id or not self._has_shop_dir(shop_id):
+            return None
+        lang = locale if locale in self._locales else DEFAULT_LOCALE
+        key = (shop_id, lang, kind, part)
+        if key in self._shop_sources:
+            return self._shop_sources[key]
+        if not (_SAFE_SEGMENT.match(kind) and _SAFE_SEGMENT.match(part.replace(".", "_"))):
+            raise PermanentError(f"invalid template name {kind!r}/{part!r}")
+        search = self._search(shop_id, lang)
+        trusted = self._env(None, lang)
+        files: list[str] = []
+        todo, seen = [f"{kind}/{part}"], set()
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            found = next(
+                (
+                    (folder / name, is_shop)
+                    for folder, is_shop in search
+                    if (folder / name).is_file()
+                ),
+                None,
+            )
+            if found is None:
+                continue  # missing: the render says so
+            path, is_shop = found
+            if is_shop:
+                files.append(str(path))
+                continue
+            try:
+                ast = trusted.parse(path.read_text(encoding="utf-8"), name, str(path))
+            except (OSError, TemplateError):
+                continue  # a broken trusted file fails inline, with its own error
+            for ref in find_referenced_templates(ast):
+                if ref is None:
+                    files += [
+                        str(folder) for folder, is_shop in search if is_shop and folder.is_dir()
+                    ]
+                else:
+                    todo.append(ref)
+        source = None
+        if files:
+            source = ShopSource(
+                self._label(kind, part, lang, shop_id), shop_id, tuple(dict.fromkeys(files))
+            )
+        self._shop_sources[key] = source
+        return source
+
+    def shop_ids(self) -> list[str]:
+        """The shops that have a folder of templates in some root."""
+        return sorted(
+            {
+                child.name
+                for root in self.roots
+                if (root / "shops").is_dir()
+                for child in (root / "shops").iterdir()
+                if child.is_dir()
+            }
+        )
+
+    def shop_files(self, shop_id: str) -> list[tuple[str, str, Path]]:
+        """A shop's own files: (locale, template name, path), for ``pgnotify check``."""
+        found = []
+        for root in self.roots:
+            folder = root / "shops" / shop_id
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.glob("*/**/*")):
+                if path.is_file():
+                    lang, _, name = path.relative_to(folder).as_posix().partition("/")
+                    found.append((lang, name, path))
+        return found
+
+    def compile_file(self, name: str, *, locale: str, shop_id: str | None) -> Template:
+        """Compile one template by name (``layout.html``, ``<kind>/<part>``) for the shop.
+
+        Raises ``PermanentError`` naming it when it is missing or does not compile.
+        """
+        shop = shop_id if shop_id and self._has_shop_dir(shop_id) else None
+        lang = locale if locale in self._locales else DEFAULT_LOCALE
+        label = f"template {name} ({lang}, shop {shop})" if shop else f"template {name} ({lang})"
+        return self._compile(self._env(shop, lang), name, label)
+
+    @staticmethod
+    def _compile(env: Environment, name: str, label: str) -> Template:
+        try:
+            return env.get_template(name)
+        except TemplateNotFound as exc:
+            raise PermanentError(f"{label}: template {exc.name} not found") from exc
+        except TemplateSyntaxError as exc:
+            raise PermanentError(
+                f"{label}: syntax error in {exc.name or exc.filename} line {exc.lineno}: "
+                f"{exc.message}"
+            ) from exc
+        except TemplateError as exc:
+            raise PermanentError(f"{label}: {exc}") from exc
+
+    def _search(self, shop: str | None, lang: str) -> list[tuple[Path, bool]]:
+        """The folders a (shop, locale) lookup searches, in order; True for a shop's."""
+        search: list[tuple[Path, bool]] = []
+        for candidate in dict.fromkeys((lang, DEFAULT_LOCALE)):
+            if shop is not None:
+                search += [(root / "shops" / shop / candidate, True) for root in self.roots]
+            search += [(root / candidate, False) for root in self.roots]
+        return search
+
     def _has_shop_dir(self, shop_id: str) -> bool:
         known = self._shop_dirs.get(shop_id)
         if known is None:
@@ -200,16 +323,13 @@ class TemplateRenderer:
             self._shop_dirs[shop_id] = known
         return known
 
-    def _env(self, shop: str | None, lang: str) -> SandboxedEnvironment:
+    def _env(self, shop: str | None, lang: str) -> Environment:
         env = self._envs.get((shop, lang))
         if env is None:
-            search: list[Path] = []
-            for candidate in dict.fromkeys((lang, DEFAULT_LOCALE)):
-                if shop is not None:
-                    search += [root / "shops" / shop / candidate for root in self.roots]
-                search += [root / candidate for root in self.roots]
-            env = SandboxedEnvironment(
-                loader=FileSystemLoader(search),
+            # A shop's environment may not even mutate what it is given (list.append...).
+            cls = SandboxedEnvironment if shop is None else ImmutableSandboxedEnvironment
+            env = cls(
+                loader=FileSystemLoader([folder for folder, _ in self._search(shop, lang)]),
                 autoescape=lambda name: bool(name and name.endswith((".html", ".htm"))),
                 undefined=StrictUndefined,
                 auto_reload=False,

@@ -1,7 +1,7 @@
 """Workers: claim a batch, compose it, deliver it, record the outcomes; repeat.
 
 Each step is one round trip for the whole batch and returns its values: ``claim`` the
-claimed rows, ``Composer.compose_batch`` a message (or the error it ended with) per row,
+claimed rows, ``Composer.acompose_batch`` a message (or the error it ended with) per row,
 ``deliver`` the sends in flight, ``Delivery.settle`` what finished, ``observe_pauses`` each
 row's channel pause, ``decide_outcomes`` each row's next state (pure), ``record`` what
 landed. A worker that finds
@@ -67,6 +67,7 @@ def to_claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
                 run_at=row["run_at"],
                 context=context,
                 stale_reason=row["stale_reason"],
+                ics_sequence=row["ics_sequence"],
             )
         )
     return batch
@@ -177,15 +178,26 @@ class Worker:
                 await self.rt.stopping.wait()
 
     async def claim(self) -> list[ClaimedNotification]:
+        """Claim a batch of due rows; a row whose data fails the claim fails alone.
+
+        The claim statement computes nothing that one row's data can overflow, but should
+        a data error (SQLSTATE class 22) escape it anyway, the batch is claimed again one
+        row at a time and the row that raised it becomes a dead letter with the error, so
+        it can never stop every other row from being sent.
+        """
         rt = self.rt
         s = rt.settings
-        rows = await rt.pool.fetch(
-            queries.CLAIM_DUE,
-            s.NOTIFICATION_BATCH_SIZE,
-            rt.daemon_id,
-            s.NOTIFICATION_LEASE_SECONDS,
-            rt.pauses.paused(),
-        )
+        try:
+            rows = await rt.pool.fetch(
+                queries.CLAIM_DUE,
+                s.NOTIFICATION_BATCH_SIZE,
+                rt.daemon_id,
+                s.NOTIFICATION_LEASE_SECONDS,
+                rt.pauses.paused(),
+            )
+        except asyncpg.DataError as exc:
+            self.log.warning("claim_data_error", error=describe_error(exc), note="one by one")
+            rows = await self._claim_one_by_one()
         rt.db_ok()
         self._db_failures = 0
         rt.stats.last_claim_at = time.time()
@@ -194,10 +206,28 @@ class Worker:
             self.log.debug("claimed", count=len(batch), ids=[n.id for n in batch])
         return batch
 
+    async def _claim_one_by_one(self) -> list[asyncpg.Record]:
+        """Claim the due rows one at a time; fail each one whose claim is a data error."""
+        rt = self.rt
+        s = rt.settings
+        paused = rt.pauses.paused()
+        rows: list[asyncpg.Record] = []
+        for (nid,) in await rt.pool.fetch(queries.DUE_IDS, s.NOTIFICATION_BATCH_SIZE, paused):
+            try:
+                rows += await rt.pool.fetch(
+                    queries.CLAIM_ONE, nid, rt.daemon_id, s.NOTIFICATION_LEASE_SECONDS, paused
+                )
+            except asyncpg.DataError as exc:
+                error = describe_error(exc)
+                if await rt.pool.fetch(queries.FAIL_UNCLAIMABLE, nid, error):
+                    rt.stats.failed += 1
+                    self.log.error("failed", id=nid, error=f"cannot be claimed: {error}")
+        return rows
+
     async def process(self, batch: Sequence[ClaimedNotification]) -> None:
         """Compose, deliver and record one claimed batch."""
         started = time.perf_counter()
-        delivery = self.deliver(batch, self.rt.composer.compose_batch(batch))
+        delivery = self.deliver(batch, await self.rt.composer.acompose_batch(batch))
         try:
             await delivery.wait()
         finally:

@@ -27,11 +27,18 @@ _PLAIN = re.compile(r"[!-~]+(?: [!-~]+)*")
 # of them is sent as one space.
 _BLANKS = re.compile(r"[\s\x01-\x08\x0e-\x1f\x7f-\x9f]+")
 _FORBIDDEN = re.compile(r"[\r\n\x00]")
+# The one rule for an email address, shared with SQL (`pgnotify.is_valid_email` in
+# sql/003_*.sql spells the same pattern and limits; tests/unit/test_email_rule.py feeds
+# both one corpus): an ASCII dot-atom local part of at most 64 characters, `@`, and a
+# domain of letter-digit-hyphen labels of at most 63 characters (no leading or trailing
+# hyphen; international domains in their xn-- form), at most 254 characters in all. A
+# domain without a dot (`noreply@localhost`) is accepted, as SMTP accepts it. No quoted
+# local parts, no comments, no UTF-8: we do not speak SMTPUTF8.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_ADDRESS = re.compile(
-    rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
-)
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_ADDRESS = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@{_LABEL}(?:\.{_LABEL})*")
+MAX_ADDRESS = 254
+MAX_LOCAL_PART = 64
 _MESSAGE_ID = re.compile(r"<[!-;=?-~]+@[!-;=?-~]+>")
 _MAX_PLAIN = 900  # RFC 5322 caps a line at 998 octets; longer values are folded words
 _MAX_NAME = 200  # characters; as one encoded word it stays well under 998 octets
@@ -75,7 +82,7 @@ def format_address(field: str, name: str | None, address: str) -> str:
     (which quotes specials); others become one encoded word, with runs of spaces and tabs
     collapsed to one space, as every reader shows them.
     """
-    if not _ADDRESS.fullmatch(address):
+    if not is_valid_address(address):
         raise PermanentError(f"header {field}: invalid email address {address[:80]!r}")
     if not name:
         return address
@@ -93,8 +100,16 @@ def format_address(field: str, name: str | None, address: str) -> str:
 
 
 def is_valid_address(address: str) -> bool:
-    """True for an address ``format_address`` accepts (ASCII dot-atom @ domain)."""
-    return bool(_ADDRESS.fullmatch(address))
+    """True for an address we send to: the rule SQL's ``pgnotify.is_valid_email`` applies.
+
+    ASCII dot-atom ``@`` letter-digit-hyphen labels, local part at most 64 characters, the
+    whole at most 254 (see ``_ADDRESS``). The value is checked as given: no trimming.
+    """
+    return (
+        len(address) <= MAX_ADDRESS
+        and _ADDRESS.fullmatch(address) is not None
+        and address.index("@") <= MAX_LOCAL_PART
+    )
 
 
 def _base64_body(content: str) -> bytes:

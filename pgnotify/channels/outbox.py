@@ -5,6 +5,10 @@ the same file, so the outbox holds one file per notification) and one JSON line 
 in ``sms.jsonl``. A full disk or an unwritable folder is a ``TransientError`` (the row
 retries), never a crash, and never leaves part of a file or of a line behind. File I/O
 runs in a thread so a slow disk never stalls the loop.
+
+What the outbox holds is personal data (names, addresses, phone numbers): the folders it
+creates are ``0700`` and the files ``0600``, whatever the umask. A folder that already
+exists keeps the permissions its owner gave it.
 """
 
 from __future__ import annotations
@@ -32,12 +36,27 @@ def _outbox_error(path: Path, exc: OSError) -> TransientError:
     return TransientError(f"outbox {path}: {exc.strerror or exc}{where} (errno {exc.errno})")
 
 
+DIRECTORY_MODE = 0o700
+FILE_MODE = 0o600
+
+
 def _make_directory(directory: Path) -> None:
-    """``mkdir -p``; a file in the folder's place is ENOTDIR, not mkdir's baffling EEXIST."""
+    """``mkdir -p`` creating each missing folder ``0700``; a file in the folder's place is
+    ENOTDIR, not mkdir's baffling EEXIST."""
+    if directory.is_dir():
+        return
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=DIRECTORY_MODE)
+    except FileNotFoundError:
+        _make_directory(directory.parent)
+        _make_directory(directory)
+        return
     except FileExistsError as exc:
+        if directory.is_dir():  # another writer made it in between
+            return
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory)) from exc
+    # mkdir's mode passes through the umask, which may take the owner's bits too.
+    os.chmod(directory, DIRECTORY_MODE)
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
@@ -45,6 +64,7 @@ def _write_atomically(target: Path, data: bytes) -> None:
     _make_directory(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".eml", dir=target.parent)
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp's 0600 passes through the umask
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, target)
@@ -63,8 +83,15 @@ def _append_line(path: Path, line: str) -> None:
     """
     data = (line + "\n").encode("utf-8")
     _make_directory(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    created = True
     try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        created = False
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        if created:
+            os.fchmod(fd, FILE_MODE)  # the umask may have taken the owner's bits
         fcntl.flock(fd, fcntl.LOCK_EX)
         end = os.lseek(fd, 0, os.SEEK_END)
         try:

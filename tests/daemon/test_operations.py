@@ -215,7 +215,7 @@ async def test_a_channel_paused_by_rejected_credentials_resumes_when_they_work_a
 def login_role(db: Conn, clean_db: str) -> Iterator[tuple[str, str]]:
     """A role with a password (trust auth ignores it: it only has to be in the URL).
 
-    Created NOLOGIN, so the daemon's first connections fail; the test grants LOGIN.
+    Created NOLOGIN, so the daemon's first LISTEN connections fail; the test grants LOGIN.
     Yields (role, password).
     """
     role = f"pgnotify_test_{uuid.uuid4().hex[:10]}"
@@ -246,7 +246,11 @@ async def test_no_secret_reaches_the_log_through_database_smtp_and_twilio_failur
     login_role: tuple[str, str],
     smtp_with_auth: SmtpPeer,
 ) -> None:
-    """A debug-level daemon fails to log in to Postgres, SMTP and Twilio; no secret is logged."""
+    """A debug-level daemon fails to log in to Postgres, SMTP and Twilio; no secret is logged.
+
+    The refused Postgres login is the LISTEN connection's (the listener retries it): a pool
+    the server refuses at start stops the daemon with exit 2 (tests/cli/test_startup_errors.py).
+    """
     role, db_password = login_role
     smtp_password = f"smtp-secret-{uuid.uuid4().hex}"  # not the one the peer accepts
     twilio = TwilioPeer(auth_token=f"twilio-secret-{uuid.uuid4().hex}").start()
@@ -259,8 +263,9 @@ async def test_no_secret_reaches_the_log_through_database_smtp_and_twilio_failur
         params = conninfo_to_dict(clean_db)
         params.update(user=role, password=db_password)
         env = env_for(
-            make_conninfo("", **params),  # type: ignore[arg-type]
+            clean_db,
             tmp_path / "outbox",
+            LISTEN_DATABASE_URL=make_conninfo("", **params),  # type: ignore[arg-type]
             NOTIFICATION_LOG_LEVEL="debug",
             NOTIFICATION_HEALTH_ADDR="",
             SMTP_USERNAME=SMTP_USER,
@@ -274,7 +279,7 @@ async def test_no_secret_reaches_the_log_through_database_smtp_and_twilio_failur
         log = tmp_path / "daemon.log"
         proc = spawn(env, log)
         try:
-            await wait_until(lambda: logged(log, "database_unavailable"), timeout=20)
+            await wait_until(lambda: logged(log, "listener_connect_failed"), timeout=20)
             db.execute(f"alter role {role} login")
             # Email paused (535), one SMS released (401), one retried (500).
             await wait_until(lambda: len(logged(log, "released")) >= 2, timeout=20)
@@ -284,7 +289,9 @@ async def test_no_secret_reaches_the_log_through_database_smtp_and_twilio_failur
                 "select pg_terminate_backend(pid) from pg_stat_activity where usename = %s",
                 (role,),
             )
-            await wait_until(lambda: logged(log, "listener_restored"), timeout=20)
+            # (The first "listener_restored" followed the refused logins above.)
+            await wait_until(lambda: logged(log, "listener_lost"), timeout=20)
+            await wait_until(lambda: len(logged(log, "listener_restored")) >= 2, timeout=20)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(15) == 0
         finally:

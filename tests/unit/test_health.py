@@ -57,7 +57,7 @@ async def ask(port: int, request: bytes) -> bytes:
         (b"HEAD /health HTTP/1.1", "HTTP/1.1 200 OK"),
         (b"GET /metrics HTTP/1.1", "HTTP/1.1 404 Not Found"),
         (b"POST /health HTTP/1.1", "HTTP/1.1 405 Method Not Allowed"),
-        (b"nonsense", "HTTP/1.1 405 Method Not Allowed"),
+        (b"nonsense", "HTTP/1.1 400 Bad Request"),
     ],
 )
 async def test_only_get_health_is_served(request_line: bytes, status: str) -> None:

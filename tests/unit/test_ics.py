@@ -66,3 +66,24 @@ def test_folding_never_splits_a_utf8_character() -> None:
     folded = fold_line(line)
     assert folded.replace("\r\n ", "") == line
     assert all(len(part.encode()) <= 75 for part in folded.split("\r\n"))
+
+
+def test_the_frozen_sequence_of_the_notification_wins_over_the_context() -> None:
+    """The row's `ics_sequence` (frozen when queued) is the SEQUENCE; the context's value
+    serves only previews, which have no row."""
+    text = build_ics(
+        "REQUEST",
+        raw(booking={"sequence": 1_764_000_000}),
+        organizer_email="noreply@x.example",
+        attendee_email="m@x.example",
+        now=NOW,
+        sequence=4,
+    )
+    assert "SEQUENCE:4" in _unfold(text)
+
+
+def test_a_sequence_outside_a_signed_32_bit_integer_is_clamped_never_sent() -> None:
+    """Calendar clients store SEQUENCE in 32 bits: the epoch-seconds value of 2038 and
+    later must not reach them."""
+    assert "SEQUENCE:2147483647" in _unfold(_ics(booking={"sequence": 2**31 + 5}))
+    assert "SEQUENCE:0" in _unfold(_ics(booking={"sequence": -3}))

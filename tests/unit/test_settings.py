@@ -62,6 +62,109 @@ def test_a_bad_value_is_a_settings_error_naming_the_variable(
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        *[
+            (name, bad)
+            for name in (
+                "NOTIFICATION_POLL_INTERVAL",
+                "NOTIFICATION_PURGE_INTERVAL",
+                "NOTIFICATION_SEND_TIMEOUT",
+                "NOTIFICATION_LEASE_SECONDS",
+                "NOTIFICATION_SHUTDOWN_GRACE",
+                "NOTIFICATION_PROBE_INTERVAL",
+                "NOTIFICATION_DB_TIMEOUT",
+            )
+            for bad in ("inf", "nan", "-inf", "1e12")
+        ],
+        ("NOTIFICATION_RETRY_DELAYS", "60,inf"),
+        ("NOTIFICATION_RETRY_DELAYS", "nan"),
+        ("NOTIFICATION_RETRY_DELAYS", "60,1e12"),
+        ("NOTIFICATION_RETRY_DELAYS", ",".join(["1"] * 101)),
+        ("NOTIFICATION_RETENTION_DAYS", "10000000"),
+        ("NOTIFICATION_WORKERS", "1e9"),
+        ("NOTIFICATION_MAX_RETRIES", "inf"),
+        ("SMTP_POOL_SIZE", "1000"),
+        ("TWILIO_API_URL", "http://api.twilio.com"),
+        ("TWILIO_API_URL", "http://10.0.0.8:8080"),
+        ("TWILIO_API_URL", "ftp://api.twilio.com"),
+        ("TWILIO_API_URL", "api.twilio.com"),
+        ("TWILIO_API_URL", "https://"),
+        ("FROM_EMAIL", "noreply"),
+        ("FROM_EMAIL", "Shop <bookings@example.com>"),
+        ("FROM_EMAIL", "bookings@example.com\r\nBcc: x@evil.example"),
+        ("FROM_EMAIL", ""),
+        ("DATABASE_URL", "postgresql://u:p%zz@db/app"),
+        ("DATABASE_URL", "postgresql://u:p@db:port/app"),
+        ("DATABASE_URL", "postgresql://u:p@db:70000/app"),
+        ("DATABASE_URL", "host=db password='unterminated"),
+        ("LISTEN_DATABASE_URL", "postgresql://u:p@db:x/app"),
+    ],
+)
+def test_a_setting_that_cannot_work_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """Non-finite or absurd numbers, a clear-text token, a bad sender, an unusable URL."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        load()
+    assert variable in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TWILIO_API_URL", "https://api.eu1.twilio.com"),
+        ("TWILIO_API_URL", "http://127.0.0.1:8080"),
+        ("TWILIO_API_URL", "http://127.3.4.5"),
+        ("TWILIO_API_URL", "http://[::1]:8080"),
+        ("TWILIO_API_URL", "http://localhost:8080"),
+        ("NOTIFICATION_RETRY_DELAYS", "0,1e5,604800"),
+        ("NOTIFICATION_SHUTDOWN_GRACE", "0"),
+        ("FROM_EMAIL", "bookings@example.com"),
+        ("DATABASE_URL", "postgresql://u:p@db1:5432,db2:6432/app"),
+        ("DATABASE_URL", "host=/run/postgresql dbname=app"),
+    ],
+)
+def test_sensible_values_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    load()
+
+
+@pytest.mark.parametrize("server", ["127.0.0.1", "localhost", "::1"])
+def test_smtp_credentials_in_clear_text_only_towards_loopback(
+    monkeypatch: pytest.MonkeyPatch, server: str
+) -> None:
+    """``SMTP_SECURITY=none`` with a login: a local relay only, never one across a network."""
+    monkeypatch.setenv("SMTP_SECURITY", "none")
+    monkeypatch.setenv("SMTP_USERNAME", "mailer")
+    monkeypatch.setenv("SMTP_PASSWORD", "pw")
+    monkeypatch.setenv("SMTP_SERVER", server)
+    load()
+    monkeypatch.setenv("SMTP_SERVER", "smtp.example.com")
+    with pytest.raises(SettingsError, match="SMTP_SECURITY=none") as caught:
+        load()
+    assert "SMTP_SERVER" in str(caught.value)
+    monkeypatch.delenv("SMTP_USERNAME")
+    monkeypatch.delenv("SMTP_PASSWORD")
+    load()  # without a login, a plain relay elsewhere is the operator's choice
+
+
+def test_a_database_url_error_never_shows_the_password_or_user_info(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """libpq quotes the piece it cannot read, here the password itself: it is not shown."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://daemon-x:hunter2%zz@db/app")
+    with pytest.raises(SettingsError, match="DATABASE_URL is not a valid libpq URL") as caught:
+        load()
+    assert "hunter2" not in str(caught.value)
+    assert "daemon-x" not in str(caught.value)
+
+
 def test_retry_delays_are_read_as_comma_separated_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOTIFICATION_RETRY_DELAYS", "0.5, 2,10")
     settings = load()
