@@ -20,7 +20,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install pgnotify with its test and dev tools
 
-test: $(STAMP) ## run the whole test suite against a real Postgres (what CI runs)
+# The suite runs a real PgBouncer (tests/pgbouncer.py): Debian's package, installed here
+# when missing if we are root; anyone else is told what to install.
+test-tools:
+	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing pgbouncer (the tests run a real one)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer; \
+	else \
+		echo "make test needs pgbouncer: run 'sudo apt-get install pgbouncer', or make test as root"; \
+		exit 1; \
+	fi
+
+test: $(STAMP) test-tools ## run the whole test suite against a real Postgres (what CI runs)
 	$(BIN)/pytest -q -rfEs
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy --strict, benchmarks included
@@ -118,4 +130,4 @@ uninstall-systemd: ## as root: stop pgnotify, remove the unit and the venv (keep
 clean: ## remove the virtualenv and caches (not .pgdata/, the local cluster)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
-.PHONY: help install test lint format run demo migrate bench soak install-systemd uninstall-systemd clean
+.PHONY: help install test-tools test lint format run demo migrate bench soak install-systemd uninstall-systemd clean

@@ -32,6 +32,13 @@ _CONFIGURATION_ERRORS = (
 
 
 def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.DATABASE_PGBOUNCER:
+        # The migration lock is a session advisory lock: transaction pooling would take it
+        # on one server session and release it on another (or never).
+        raise SettingsError(
+            "DATABASE_PGBOUNCER=true: pgnotify migrate needs a DATABASE_URL direct to the"
+            " server (it holds a session-level lock); run it with DATABASE_PGBOUNCER unset"
+        )
     applied = migrate(settings.database_url)
     if applied:
         for name in applied:

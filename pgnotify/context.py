@@ -170,6 +170,40 @@ def format_duration(minutes: int | None) -> str:
     return f"{mins} min"
 
 
+def format_totals(totals: Any, locale: str, *, first: str | None = None) -> str:
+    """A sum per currency (``{"EUR": 2500}``, as SQL adds payments up), as people read it.
+
+    ``€25.00``; several currencies are joined, ``first`` (the booking's) leading and the
+    others in code order: ``€25.00 + $10.00``. Zero amounts and anything that is not a
+    currency code with whole cents are left out; with nothing left the answer is ``""``.
+    """
+    if not isinstance(totals, Mapping):
+        return ""
+    amounts = {
+        str(code).upper(): cents
+        for code, cents in totals.items()
+        if isinstance(cents, int) and not isinstance(cents, bool) and cents
+    }
+    order = sorted(amounts, key=lambda code: (code != (first or "").upper(), code))
+    return " + ".join(format_money(amounts[code], code, locale) for code in order)
+
+
+def format_moment(value: str | None, zone: tzinfo, locale: str) -> str:
+    """``Tuesday, 1 December 2026, 15:30 CET`` in ``zone``; ``""`` when it cannot be shown.
+
+    For times that are not the booking's (a payment's), so nothing upstream has checked
+    them: infinite or out-of-range ones are shown as nothing rather than failing the message.
+    """
+    moment = parse_timestamp(value)
+    if moment is None:
+        return ""
+    try:
+        local = moment.astimezone(zone)
+    except (OverflowError, ValueError):
+        return ""
+    return f"{format_date(local, locale)}, {format_time(local)}"
+
+
 def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
     value = raw.get(name)
     return dict(value) if isinstance(value, Mapping) else {}
@@ -182,7 +216,11 @@ def build_context(raw: Mapping[str, Any], *, locale: str | None = None) -> dict[
     ``payment`` (``payment`` may be ``None``), and ``locale``, ``timezone``, ``date``,
     ``short_date``, ``time``, ``end_time``, ``duration``, ``price``, ``amount`` (the
     payment's), ``starts_at`` / ``ends_at`` (aware datetimes in the shop's zone, or
-    ``None``). ``locale`` overrides the customer's and the shop's language (previews).
+    ``None``), ``reference`` (``pgnotify.booking_reference``, computed by SQL), ``paid`` and
+    ``refunded`` (the booking's succeeded and refunded payments; both shown, zero included,
+    when either is not zero, else both ``""``), ``payment_date`` (when the payment reached
+    its status, in the shop's zone). ``locale`` overrides the customer's and the shop's
+    language (previews).
     """
     booking = _section(raw, "booking")
     shop = _section(raw, "shop")
@@ -203,6 +241,12 @@ def build_context(raw: Mapping[str, Any], *, locale: str | None = None) -> dict[
 
     total = booking.get("total_cents", service.get("price_cents"))
     currency = booking.get("currency") or service.get("currency")
+    paid = format_totals(booking.get("paid"), lang, first=currency)
+    refunded = format_totals(booking.get("refunded"), lang, first=currency)
+    if paid or refunded:
+        zero = format_money(0, currency, lang)
+        paid, refunded = paid or zero, refunded or zero
+    reference = booking.get("reference")
     return {
         "booking": booking,
         "shop": shop,
@@ -225,4 +269,8 @@ def build_context(raw: Mapping[str, Any], *, locale: str | None = None) -> dict[
             if payment
             else ""
         ),
+        "reference": reference if isinstance(reference, str) else "",
+        "paid": paid,
+        "refunded": refunded,
+        "payment_date": format_moment(payment.get("updated_at"), zone, lang) if payment else "",
     }

@@ -27,8 +27,8 @@ from hypothesis import settings
 from pgnotify.devcluster import NoServer, find_server, fresh_database, with_dbname
 from pgnotify.devcluster import Server as PgServer
 
-# The SMTP and Twilio-shaped peers, shared by every suite that sends.
-pytest_plugins = ["tests.peers.fixtures"]
+# The SMTP and Twilio-shaped peers, shared by every suite that sends; a real PgBouncer.
+pytest_plugins = ["tests.peers.fixtures", "tests.pgbouncer"]
 
 # Loaded here, before any test module is imported: a test's own @settings(...) takes its
 # unspecified values from the profile active when it is decorated. Explicit values such as

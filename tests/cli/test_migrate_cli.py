@@ -30,8 +30,8 @@ def empty_db(pg_server: PgServer) -> Iterator[str]:
             admin.execute(f'drop database if exists "{name}" with (force)')
 
 
-def migrate_cli(database_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`pgnotify migrate` with only DATABASE_URL set (no .env, no other settings)."""
+def migrate_cli(database_url: str, cwd: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    """`pgnotify migrate` with only DATABASE_URL (and ``settings``) set, no .env."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -39,7 +39,7 @@ def migrate_cli(database_url: str, cwd: Path) -> subprocess.CompletedProcess[str
     }
     return subprocess.run(
         [sys.executable, "-m", "pgnotify.cli", "migrate"],
-        env={**env, "DATABASE_URL": database_url},
+        env={**env, **settings, "DATABASE_URL": database_url},
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -138,3 +138,13 @@ def test_an_unreachable_database_exits_2_with_one_line(
 
     assert line.startswith(f"pgnotify: {expected}")
     assert "s3cret-pw" not in line
+
+
+def test_migrate_refuses_to_run_through_pgbouncer(empty_db: str, tmp_path: Path) -> None:
+    """Its session advisory lock would not survive transaction pooling: exit 2, no change."""
+    proc = migrate_cli(empty_db, tmp_path, DATABASE_PGBOUNCER="true")
+    assert proc.returncode == 2
+    assert "DATABASE_PGBOUNCER" in proc.stderr and "direct" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute("select to_regclass('pgnotify.notifications')").fetchone() == (None,)
