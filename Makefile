@@ -32,8 +32,10 @@ test-tools:
 		exit 1; \
 	fi
 
+# Hypothesis' deterministic profile unless told otherwise (HYPOTHESIS_PROFILE=dev for new
+# random examples): the suite CI runs is the suite a developer runs.
 test: $(STAMP) test-tools ## run the whole test suite against a real Postgres (what CI runs)
-	$(BIN)/pytest -q -rfEs
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(BIN)/pytest -q -rfEs
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy --strict, benchmarks included
 	$(BIN)/ruff check pgnotify tests benchmarks

@@ -52,8 +52,7 @@ def check_catalog(settings: Settings) -> str:
             row = conn.execute(queries.CATALOG).fetchone()
     except (PgnotifyError, psycopg.Error) as exc:
         return f"FAIL catalog: cannot read pgnotify.kinds: {one_line(str(exc))}"
-    assert row is not None  # one row, always
-    catalog = Catalog(tuple(row[0]), tuple(row[1]))
+    catalog = Catalog.from_row(row)
     channels = build_channels(settings)
     try:
         compiled = verify_catalog(catalog, TemplateRenderer.from_settings(settings), channels)

@@ -16,6 +16,7 @@ from pgnotify import __version__, queries
 from pgnotify.db import connect_sync
 from pgnotify.errors import DatabaseUnavailable, InstallationError, PgnotifyError, SettingsError
 from pgnotify.migrate import MigrationError, migrate
+from pgnotify.model import Catalog
 from pgnotify.resources import sql_dir, templates_dir
 from pgnotify.settings import Settings, load_settings
 from pgnotify.templates import PARTS
@@ -111,8 +112,7 @@ def _cmd_render(settings: Settings, args: argparse.Namespace) -> int:
 
     with connect_sync(settings.database_url) as conn:
         conn.execute("set timezone = 'UTC'")
-        catalog = conn.execute(queries.CATALOG).fetchone()
-        kinds = catalog[0] if catalog else []
+        kinds = Catalog.from_row(conn.execute(queries.CATALOG).fetchone()).kinds
         if args.kind not in kinds:
             print(
                 f"pgnotify: unknown kind {args.kind!r} (known: {', '.join(kinds)})", file=sys.stderr

@@ -191,9 +191,7 @@ class Daemon:
         pending = [m.name for m in discover() if m.version not in applied]
         if pending:
             raise _NotMigrated(f"pending migrations {', '.join(pending)}")
-        row = await pool.fetchrow(queries.CATALOG)
-        assert row is not None  # one row, always
-        return Catalog(tuple(row["kinds"]), tuple(row["channels"]))
+        return Catalog.from_row(await pool.fetchrow(queries.CATALOG))
 
     def _cannot_start(self, event: str, error: str) -> None:
         """A start no retry can fix: one critical line and exit 2, which systemd does not

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,12 @@ class Catalog:
 
     kinds: tuple[str, ...]
     channels: tuple[str, ...]
+
+    @classmethod
+    def from_row(cls, row: Iterable[Any] | None) -> Catalog:
+        """From ``queries.CATALOG``'s one row (kinds, channels), by either driver."""
+        kinds, channels = row if row is not None else ((), ())
+        return cls(tuple(kinds), tuple(channels))
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,9 @@ If none works the session fails, saying what was tried; it never skips.
 
 Hypothesis runs under the profile named by ``HYPOTHESIS_PROFILE``: ``dev`` (the default:
 hypothesis' own settings, new random examples each run, failures replayed from
-``.hypothesis/``) or ``ci`` (``.ci/run``: the same examples on every run, no deadline, no
-example database, and a reproduction blob printed with any failure).
+``.hypothesis/``) or ``ci`` (what ``make test`` selects unless told otherwise: the same
+examples on every run, no deadline, no example database, and a reproduction blob printed
+with any failure).
 """
 
 from __future__ import annotations

@@ -294,3 +294,12 @@ def burst_env(clean_db: str, tmp_path: Path, smtp: Any, **overrides: Any) -> dic
         "NOTIFICATION_HEALTH_ADDR": "",
     }
     return env_for(clean_db, tmp_path / "outbox", **{**values, **overrides})
+
+
+def states(db: psycopg.Connection[Any], ids: list[int]) -> dict[int, tuple[str, int, str | None]]:
+    """Each notification's (status, attempts, provider_id), by id."""
+    rows = db.execute(
+        "select id, status, attempts, provider_id from pgnotify.notifications where id = any(%s)",
+        (ids,),
+    ).fetchall()
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}

@@ -18,6 +18,7 @@ from tests.daemon.harness import (
     queue_burst,
     quiet_booking,
     spawn,
+    states,
     stop_process,
     wait_until,
 )
@@ -31,14 +32,6 @@ BURST = 300
 # connections (60 in flight share them) never hits its timeout or outlives its lease.
 STALL = 60.0
 PATIENT = {"NOTIFICATION_SEND_TIMEOUT": 120, "NOTIFICATION_LEASE_SECONDS": 180}
-
-
-def states(db: Conn, ids: list[int]) -> dict[int, tuple[str, int, str | None]]:
-    rows = db.execute(
-        "select id, status, attempts, provider_id from pgnotify.notifications where id = any(%s)",
-        (ids,),
-    ).fetchall()
-    return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
 async def test_sigterm_during_a_burst_finishes_in_flight_sends_and_exits_0(

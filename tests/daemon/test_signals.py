@@ -27,6 +27,7 @@ from tests.daemon.harness import (
     queue_burst,
     quiet_booking,
     spawn,
+    states,
     stop_process,
     wait_until,
 )
@@ -35,14 +36,6 @@ from tests.peers.smtp import SmtpPeer
 Conn = psycopg.Connection[Any]
 
 BATCH = 5
-
-
-def states(db: Conn, ids: list[int]) -> dict[int, tuple[str, int, str | None]]:
-    rows = db.execute(
-        "select id, status, attempts, provider_id from pgnotify.notifications where id = any(%s)",
-        (ids,),
-    ).fetchall()
-    return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
 async def test_ctrl_c_stops_like_sigterm_recording_finished_sends_and_releasing_the_rest(
