@@ -2,12 +2,17 @@
 -- defined once, in its current form. Later changes are new numbered files.
 --
 --   1. Booking model     schema `booking`, as CONTRACT.md §1 fixes it
---   2. Queue             routing and reminder rules, opt-outs, notifications, inbox
---   3. Lifecycle         which row changes cause which notifications (CONTRACT.md §2),
---                        and the wake-up of the daemon
+--   2. Queue             kinds, routing and reminder rules, opt-outs, notifications, inbox
+--   3. Lifecycle         which row changes cause which notifications (CONTRACT.md §2, §6),
+--                        the ICS SEQUENCE of each booking, and the wake-up of the daemon
 --   4. Daemon support    what the daemon asks of the database at send time
 --   5. Operator API      what operators use from psql (CONTRACT.md §3), retention
---   6. Roles and grants  `pgnotify_daemon`, least privilege
+--   6. Roles and grants  `pgnotify_daemon` and `pgnotify_client`, least privilege (§5)
+--
+-- The functions that write pgnotify's tables run as their owner (SECURITY DEFINER, with
+-- `search_path` pinned and EXECUTE revoked from public): the application needs rights on
+-- its own `booking` tables only. See section 3.
+
 
 
 -- ===========================================================================================
@@ -133,18 +138,28 @@ create schema if not exists pgnotify;
 -- daemon refer to these rows: adding a kind is one INSERT here (plus its routes) and one
 -- template folder per locale; the daemon reads both lists at start and refuses to run
 -- when a kind has no templates or a channel has no way to be rendered.
+--
+-- `about_payment`: which kinds are about one payment rather than the booking as a whole.
+-- `notify_booking` attaches the booking's latest payment to those (and refuses a booking
+-- without one); as a column, a new payment kind is one UPDATE, not a new function body.
 create table pgnotify.kinds (
-    kind        text primary key check (kind ~ '^[a-z][a-z0-9_]{0,62}$'),
-    description text not null
+    kind          text primary key check (kind ~ '^[a-z][a-z0-9_]{0,62}$'),
+    description   text not null,
+    about_payment boolean not null default false
 );
-insert into pgnotify.kinds (kind, description) values
-    ('booking_confirmed',   'a booking became confirmed'),
-    ('payment_confirmed',   'a payment succeeded'),
-    ('payment_failed',      'a payment failed'),
-    ('booking_cancelled',   'a confirmed booking was cancelled'),
-    ('booking_rescheduled', 'a confirmed booking moved to another time'),
-    ('reminder_24h',        'reminder, by default 24 hours before the appointment'),
-    ('reminder_2h',         'reminder, by default 2 hours before the appointment');
+
+comment on column pgnotify.kinds.about_payment is
+    'True for kinds about one payment: notify_booking attaches the booking''s latest payment.';
+
+insert into pgnotify.kinds (kind, description, about_payment) values
+    ('booking_confirmed',   'a booking became confirmed',                            false),
+    ('payment_confirmed',   'a payment succeeded',                                   true),
+    ('payment_failed',      'a payment failed',                                      true),
+    ('payment_refunded',    'a payment was refunded',                                true),
+    ('booking_cancelled',   'a confirmed booking was cancelled',                     false),
+    ('booking_rescheduled', 'a confirmed booking moved to another time',             false),
+    ('reminder_24h',        'reminder, by default 24 hours before the appointment', false),
+    ('reminder_2h',         'reminder, by default 2 hours before the appointment',  false);
 
 create table pgnotify.channels (
     channel     text primary key check (channel ~ '^[a-z][a-z0-9_]{0,62}$'),
@@ -170,7 +185,7 @@ create unique index routes_shop_key on pgnotify.routes (shop_id, kind, channel)
 insert into pgnotify.routes (kind, channel)
 select k, c
 from unnest(array['booking_confirmed', 'payment_confirmed', 'payment_failed',
-                  'booking_cancelled', 'booking_rescheduled']) as k,
+                  'payment_refunded', 'booking_cancelled', 'booking_rescheduled']) as k,
      unnest(array['email', 'sms', 'inapp']) as c
 union all select 'reminder_24h', 'email'
 union all select 'reminder_24h', 'sms'
@@ -230,6 +245,9 @@ create table pgnotify.notifications (
     provider_id text,
     claimed_by  text,
     lease_until timestamptz,
+    -- The booking's version (pgnotify.booking_versions) when this invitation was queued,
+    -- frozen here so that a retry sends the same ICS SEQUENCE; null for other rows.
+    ics_sequence int,
     check (booking_id is not null or payment_id is not null),
     check (status <> 'sending' or lease_until is not null)
 ) with (
@@ -286,6 +304,9 @@ create table pgnotify.inbox (
 );
 create index inbox_user_id_created_at_idx on pgnotify.inbox (user_id, created_at desc);
 
+-- Read messages are purged by age (`pgnotify.purge_inbox`) through this partial index.
+create index inbox_read_created_at_idx on pgnotify.inbox (created_at) where read_at is not null;
+
 
 -- ===========================================================================================
 -- 3. Lifecycle
@@ -297,6 +318,29 @@ create index inbox_user_id_created_at_idx on pgnotify.inbox (user_id, created_at
 --
 -- The booking triggers are statement-level with transition tables, so a 10,000-row
 -- INSERT runs each rule once as a set operation instead of 10,000 times.
+--
+-- One row's data never stops another (CONTRACT.md §5): no key, due time or recipient rule
+-- here can fail the application's INSERT or UPDATE on an odd value (an infinite or extreme
+-- timestamp, a malformed contact); such a row is queued `skipped` with the reason.
+--
+-- The functions that write the queue (`enqueue`, the trigger functions) are SECURITY
+-- DEFINER: otherwise they run with the rights of whoever changes a booking, so an
+-- application role would need rights on pgnotify's tables, and with them could mark rows
+-- sent or redirect them. They run as the migrating role; `search_path` is pinned so that
+-- nothing the caller creates (a function or operator in a schema of its own, a temporary
+-- table) can stand in for a name in their bodies. Every name in those bodies is
+-- schema-qualified (`pgnotify.`, `booking.`; built-ins are in pg_catalog).
+--
+-- Nobody calls these but the triggers, the other functions and the owner: EXECUTE is
+-- revoked from public. Postgres checks EXECUTE on a trigger function when the trigger is
+-- created, never when it fires, so the application's INSERT still runs them.
+--
+-- There is no `alter default privileges in schema pgnotify revoke execute on functions
+-- from public`: per-schema default privileges only add to the global ones, so that
+-- statement changes nothing (PostgreSQL's ALTER DEFAULT PRIVILEGES documents it), and the
+-- global form would close every function the migrating role creates in the application's
+-- schemas too. tests/sql/test_privileges.py finds every function that writes pgnotify's
+-- tables instead and fails on one that is not SECURITY DEFINER, pinned and closed.
 
 -- An event some row change causes; `enqueue` fans it out to channels.
 create type pgnotify.event as (
@@ -317,14 +361,29 @@ create type pgnotify.booking_change as (
     version       timestamptz
 );
 
+-- A timestamp as occurrence keys and reasons show it. `to_char` of an infinite timestamp
+-- is null, so an infinite time is spelled out: a key must never be null (a booking
+-- inserted with `updated_at = 'infinity'`, or confirmed with `starts_at = 'infinity'`,
+-- would otherwise fail the application's own INSERT inside our trigger).
+create function pgnotify.time_key(ts timestamptz) returns text
+language sql immutable parallel safe
+as $$
+    select case when ts = 'infinity' then 'infinity'
+                when ts = '-infinity' then '-infinity'
+                else to_char(ts at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') end
+$$;
+
+comment on function pgnotify.time_key(timestamptz) is
+    'A timestamp as occurrence keys and reasons show it: UTC, microseconds, or (-)infinity.';
+
 -- Occurrence keys (see notifications_dedupe_key). Readable, because operators see them.
 create function pgnotify.version_key(ts timestamptz) returns text
 language sql immutable parallel safe
-as $$ select 'version:' || to_char(ts at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') $$;
+as $$ select 'version:' || pgnotify.time_key(ts) $$;
 
 create function pgnotify.starts_key(ts timestamptz) returns text
 language sql immutable parallel safe
-as $$ select 'starts:' || to_char(ts at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') $$;
+as $$ select 'starts:' || pgnotify.time_key(ts) $$;
 
 -- The address a channel delivers to, resolved from the customer at enqueue time.
 create function pgnotify.recipient_of(channel text, email text, phone text, user_id uuid)
@@ -336,6 +395,26 @@ as $$
                         when 'inapp' then user_id::text end
 $$;
 
+-- The one email rule, which the sender (`pgnotify/channels/mime.py`, `is_valid_address`)
+-- applies too: tests/unit/test_email_rule.py feeds one corpus to both, so an address is
+-- skipped with the reason when queued rather than failing at send time. An ASCII
+-- dot-atom local part of at most 64 characters, `@`, letter-digit-hyphen labels of at
+-- most 63 characters (no leading or trailing hyphen; international domains in their xn--
+-- form), at most 254 characters in all. A domain without a dot (`noreply@localhost`) is
+-- valid, as for SMTP. Null is not valid. The value is checked as given; callers trim.
+create function pgnotify.is_valid_email(p_address text) returns boolean
+language sql immutable parallel safe
+as $$
+    select coalesce(
+        length(p_address) <= 254
+        and p_address ~ '^[A-Za-z0-9!#$%&''*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&''*+/=?^_`{|}~-]+)*@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$'
+        and position('@' in p_address) <= 65,
+        false)
+$$;
+
+comment on function pgnotify.is_valid_email(text) is
+    'True for an address pgnotify sends to (the rule of mime.is_valid_address).';
+
 -- Why a channel cannot reach this customer, or null when it can.
 create function pgnotify.recipient_problem(channel text, email text, phone text, user_id uuid)
 returns text
@@ -344,7 +423,7 @@ as $$
 select case
     when channel = 'email' and nullif(btrim(email), '') is null
         then 'customer has no email address'
-    when channel = 'email' and btrim(email) !~ '^[^@\s<>(),;:"\[\]\\]+@[^@\s<>(),;:"\[\]\\]+\.[^@\s<>(),;:"\[\]\\]+$'
+    when channel = 'email' and not pgnotify.is_valid_email(btrim(email))
         then 'customer email is not a valid address'
     when channel = 'sms' and nullif(btrim(phone), '') is null
         then 'customer has no phone number'
@@ -355,21 +434,50 @@ select case
 end
 $$;
 
+-- A reminder's due time, `starts_at - before_start`, for the rare case where that
+-- overflows (a start near the lowest timestamp, 4714 BC, or an operator's rule of many
+-- millennia), which would fail the application's INSERT. The usual case is computed
+-- inline (no subtransaction per row); only the rare one goes through this guard, whose
+-- answer, the lowest timestamp, makes the reminder already past, so it is queued
+-- `skipped` with that reason.
+create function pgnotify.due_before(p_starts_at timestamptz, p_before interval)
+returns timestamptz
+language plpgsql stable parallel safe
+as $$
+begin
+    return p_starts_at - p_before;
+exception
+    when data_exception then
+        return timestamptz '4714-11-24 00:00+00 BC';
+end
+$$;
+
+comment on function pgnotify.due_before(timestamptz, interval) is
+    'starts_at - before, or the lowest timestamp when that is before it.';
+
 -- Fans events out to their channels and queues them: routing (the shop's rows over the
 -- defaults, unless `p_channels` names them), recipients, opt-outs, and the past-reminder
--- rule. Duplicates of an existing occurrence are dropped by the dedupe key.
+-- rule. Duplicates of an existing occurrence are dropped by the dedupe key. A row whose
+-- due time is not finite (`notify_booking(…, p_run_at => 'infinity')`) is queued
+-- `skipped` with the reason: pending at infinity it would never be sent, and the
+-- scheduler's "how long until the next one" would fail on it for every shop.
 --
 -- PL/pgSQL, not SQL: an SQL-language function is planned again on every call, PL/pgSQL
 -- caches its plans, and for a one-booking INSERT (the common case) planning dominated the
 -- triggers. `work_mem`: a big INSERT fans out to many queue rows, and the planner cannot
 -- know how many events an array holds; the hash joins get room so they do not spill.
+--
+-- `enqueue` trusts its events and channels (its callers validate them): it must not be
+-- callable by hand.
 create function pgnotify.enqueue(
     p_events   pgnotify.event[],
     p_channels text[] default null,
     p_manual   boolean default false
 ) returns setof bigint
 language plpgsql volatile
+security definer
 set work_mem = '64MB'
+set search_path = pg_catalog, pg_temp
 as $body$
 begin
     return query
@@ -406,6 +514,8 @@ begin
                    when o.customer_id is not null
                        then 'customer opted out of ' || t.channel
                            || coalesce(' (' || o.reason || ')', '')
+                   when not isfinite(t.run_at)
+                       then 'due time ' || pgnotify.time_key(t.run_at) || ' is not a finite time'
                    else pgnotify.recipient_problem(t.channel, t.email, t.phone, t.user_id)
                end as problem
         from targets t
@@ -431,8 +541,13 @@ begin
 end
 $body$;
 
+revoke execute on function pgnotify.enqueue(pgnotify.event[], text[], boolean) from public;
+
 -- The reminders of confirmed bookings, at their exact offsets (shop rules over defaults).
--- PL/pgSQL for its cached plans, as `enqueue`.
+-- PL/pgSQL for its cached plans, as `enqueue`. A booking that never starts (`starts_at`
+-- infinite) has no reminders (its confirmation is skipped at send time with the reason,
+-- and its pending reminders stop when it moves there), and the due time cannot overflow
+-- (`due_before`).
 create function pgnotify.reminder_events(p_booking_ids uuid[])
 returns setof pgnotify.event
 language plpgsql stable
@@ -442,7 +557,7 @@ begin
     with b as (
         select id, shop_id, starts_at
         from booking.bookings
-        where id = any (p_booking_ids) and status = 'confirmed'
+        where id = any (p_booking_ids) and status = 'confirmed' and isfinite(starts_at)
     ),
     rules as (
         select distinct on (s.shop_id, r.kind) s.shop_id, r.kind, r.before_start, r.enabled
@@ -451,7 +566,10 @@ begin
         order by s.shop_id, r.kind, r.shop_id nulls last
     )
     select b.id, null::uuid, rules.kind, pgnotify.starts_key(b.starts_at),
-           b.starts_at - rules.before_start
+           case when b.starts_at >= timestamptz '0001-01-01 00:00+00'
+                     and rules.before_start <= interval '1000 years'
+                then b.starts_at - rules.before_start
+                else pgnotify.due_before(b.starts_at, rules.before_start) end
     from b join rules on rules.shop_id = b.shop_id
     where rules.enabled;
 end
@@ -459,6 +577,8 @@ $body$;
 
 create function pgnotify.on_bookings_inserted() returns trigger
 language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
 as $$
 begin
     perform pgnotify.enqueue(array(
@@ -474,8 +594,12 @@ begin
 end
 $$;
 
+revoke execute on function pgnotify.on_bookings_inserted() from public;
+
 create function pgnotify.on_bookings_updated() returns trigger
 language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
 as $$
 declare
     changes pgnotify.booking_change[];
@@ -552,8 +676,12 @@ begin
 end
 $$;
 
+revoke execute on function pgnotify.on_bookings_updated() from public;
+
 create function pgnotify.on_payments_changed() returns trigger
 language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
 as $$
 begin
     if tg_op = 'INSERT' then
@@ -577,6 +705,99 @@ begin
 end
 $$;
 
+revoke execute on function pgnotify.on_payments_changed() from public;
+
+-- A refund is a payment row inserted as `refunded` (a partial refund, its amount what was
+-- given back) or a payment changed to `refunded` (all of it). Its own trigger beside
+-- `payments_lifecycle_*` rather than a branch of `on_payments_changed`: the two rules
+-- share nothing but the table. Keyed like the other payment events: one occurrence per
+-- payment version, so repeating an identical UPDATE queues nothing new.
+create function pgnotify.on_payments_refunded() returns trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    events pgnotify.event[];
+begin
+    if tg_op = 'INSERT' then
+        events := array(
+            select row(n.booking_id, n.id, 'payment_refunded',
+                       pgnotify.version_key(n.updated_at), now())::pgnotify.event
+            from new_rows n
+            where n.status = 'refunded');
+    else
+        events := array(
+            select row(n.booking_id, n.id, 'payment_refunded',
+                       pgnotify.version_key(n.updated_at), now())::pgnotify.event
+            from new_rows n join old_rows o on o.id = n.id
+            where n.status = 'refunded' and o.status is distinct from 'refunded');
+    end if;
+    -- Most payment statements refund nothing: they cost this test, not a fan-out query.
+    if cardinality(events) > 0 then
+        perform pgnotify.enqueue(events);
+    end if;
+    return null;
+end
+$$;
+
+revoke execute on function pgnotify.on_payments_refunded() from public;
+
+-- ICS SEQUENCE. A calendar replaces the event it holds only when an update carries a
+-- higher SEQUENCE. The booking's `updated_at` in whole seconds would not do: a
+-- cancellation in the same second as its invitation would not supersede it, and the value
+-- overflows the 32-bit integers of some calendar clients in 2038. So each change of a
+-- booking's status or start time (the changes that send an invitation, a move or a
+-- cancellation) bumps a small per-booking counter, and each queued invitation freezes the
+-- counter's value in `notifications.ics_sequence`, so a retry sends the same SEQUENCE.
+--
+-- A table of its own, beside the lifecycle triggers rather than inside them: no foreign
+-- key to the booking (like the queue, it must never block the application's DELETEs), and
+-- no row until a booking's first change (a missing row is version 0).
+create table pgnotify.booking_versions (
+    booking_id uuid primary key,
+    version    int  not null check (version > 0)
+);
+
+comment on table pgnotify.booking_versions is
+    'How many times each booking changed status or start time: its ICS SEQUENCE.';
+
+comment on column pgnotify.notifications.ics_sequence is
+    'The booking''s version when this invitation was queued, sent as the ICS SEQUENCE.';
+
+-- Runs as its owner, like the other trigger functions.
+create function pgnotify.bump_booking_versions() returns trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    insert into pgnotify.booking_versions as v (booking_id, version)
+    select n.id, 1
+    from new_rows n join old_rows o on o.id = n.id
+    where o.status is distinct from n.status or o.starts_at is distinct from n.starts_at
+    on conflict (booking_id) do update set version = v.version + 1;
+    return null;
+end
+$$;
+
+revoke all on function pgnotify.bump_booking_versions() from public;
+
+create function pgnotify.freeze_ics_sequence() returns trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    new.ics_sequence := coalesce(
+        (select v.version from pgnotify.booking_versions v where v.booking_id = new.booking_id),
+        0);
+    return new;
+end
+$$;
+
+revoke all on function pgnotify.freeze_ics_sequence() from public;
+
 create trigger bookings_lifecycle_insert
     after insert on booking.bookings
     referencing new table as new_rows
@@ -596,6 +817,33 @@ create trigger payments_lifecycle_update
     after update on booking.payments
     referencing old table as old_rows new table as new_rows
     for each statement execute function pgnotify.on_payments_changed();
+
+-- A refund has its own statement triggers (`on_payments_refunded`).
+create trigger payments_refund_insert
+    after insert on booking.payments
+    referencing new table as new_rows
+    for each statement execute function pgnotify.on_payments_refunded();
+
+create trigger payments_refund_update
+    after update on booking.payments
+    referencing old table as old_rows new table as new_rows
+    for each statement execute function pgnotify.on_payments_refunded();
+
+-- AFTER triggers fire in name order: `bookings_ics_…` before `bookings_lifecycle_…`, so the
+-- rows the lifecycle trigger queues see the bumped version.
+create trigger bookings_ics_version_update
+    after update on booking.bookings
+    referencing old table as old_rows new table as new_rows
+    for each statement execute function pgnotify.bump_booking_versions();
+
+-- Only the emails that carry an invitation (pgnotify/ics.py, ICS_METHODS): the WHEN clause
+-- is evaluated inline, so every other queued row costs nothing.
+create trigger notifications_freeze_ics_sequence
+    before insert on pgnotify.notifications
+    for each row
+    when (new.channel = 'email' and new.ics_sequence is null and new.booking_id is not null
+          and new.kind in ('booking_confirmed', 'booking_rescheduled', 'booking_cancelled'))
+    execute function pgnotify.freeze_ics_sequence();
 
 -- Wake the daemon. One constant payload on one channel: Postgres folds a transaction's
 -- identical notifications into one, and the commit-time lock that NOTIFY takes is held
@@ -650,8 +898,88 @@ as $$
     end
 $$;
 
+-- Why a booking cannot be shown in a message, or null. The daemon renders times as
+-- calendar dates of the years 1 to 9999 in the shop's zone (and the end as start plus
+-- duration); a booking outside them (an infinite or extreme `starts_at`, or a duration
+-- that ends past 9999) is skipped with this reason instead of failing in the renderer.
+-- Two days of margin cover any zone offset. Comparisons only: the bound moves, never the
+-- booking's time, so nothing here can overflow (a duration is at most 2^31 minutes,
+-- about 4,083 years).
+create function pgnotify.unshowable_reason(p_starts_at timestamptz, p_duration_minutes int)
+returns text
+language sql stable parallel safe
+as $$
+    select case
+        when not (p_starts_at >= timestamptz '0001-01-03 00:00+00'
+                  and p_starts_at < timestamptz '9999-12-29 00:00+00'
+                      - make_interval(mins => greatest(coalesce(p_duration_minutes, 0), 0)))
+            then 'booking starts at ' || pgnotify.time_key(p_starts_at) || ' and lasts '
+                 || coalesce(p_duration_minutes::text, '?') || ' minutes: outside the years'
+                 || ' 1 to 9999 that messages can show'
+    end
+$$;
+
+comment on function pgnotify.unshowable_reason(timestamptz, int) is
+    'Why a booking''s time cannot be shown in a message (outside years 1-9999), or null.';
+
+-- What a customer reads out on the phone or types into a search box instead of a uuid.
+-- 8 characters of a 32-letter alphabet (A-Z and 2-9 without I and O: no 0/O or 1/I to
+-- confuse aloud), one character per 5 bits of the first 40 bits of SHA-256 of the id.
+-- Hashed, not cut from the uuid: time-ordered ids (v1, v7) share their leading bits, and
+-- would share their references.
+--
+-- Stable (a pure function of the id, never stored) and short, so not unique: two bookings
+-- share one with a probability of about n^2 / 2^41 among n bookings (1 in 20,000 for
+-- 10,000). An application that looks a booking up by reference searches within the shop,
+-- or confirms the match with the customer's name.
+--
+-- PL/pgSQL: about a microsecond on top of SHA-256's own. The same in SQL is not inlined (it
+-- needs the hash eight times, or a FROM), and the SQL-function executor made it fifty times
+-- slower; it runs once per booking in every claimed batch.
+create function pgnotify.booking_reference(p_booking_id uuid) returns text
+language plpgsql immutable strict parallel safe
+as $$
+declare
+    alphabet constant text := 'ABCDEFGHJKLMNPQRSTUVWXYZ23456789';
+    digest   constant bytea := sha256(uuid_send(p_booking_id));
+    h        constant bigint := (get_byte(digest, 0)::bigint << 32)
+                                | (get_byte(digest, 1)::bigint << 24)
+                                | (get_byte(digest, 2)::bigint << 16)
+                                | (get_byte(digest, 3)::bigint << 8)
+                                | get_byte(digest, 4)::bigint;
+begin
+    return substr(alphabet, ((h >> 35) & 31)::int + 1, 1)
+        || substr(alphabet, ((h >> 30) & 31)::int + 1, 1)
+        || substr(alphabet, ((h >> 25) & 31)::int + 1, 1)
+        || substr(alphabet, ((h >> 20) & 31)::int + 1, 1)
+        || substr(alphabet, ((h >> 15) & 31)::int + 1, 1)
+        || substr(alphabet, ((h >> 10) & 31)::int + 1, 1)
+        || substr(alphabet, ((h >> 5) & 31)::int + 1, 1)
+        || substr(alphabet, (h & 31)::int + 1, 1);
+end
+$$;
+
+comment on function pgnotify.booking_reference(uuid) is
+    'A booking''s short reference: 8 characters of A-Z and 2-9 without I and O, from its id.';
+
 -- The rendering context of a whole claimed batch, one row per distinct (booking,
--- payment), as the templates receive it; the claim joins it once per batch.
+-- payment), as the templates receive it; the claim joins it once per batch. Beside the
+-- context, what the claim needs to resolve recipients at send time (the booking's current
+-- customer and contacts) and `problem` (`unshowable_reason`). Nothing here computes what
+-- one row's odd data could make overflow, since that would fail the claim of every row:
+-- no `ends_at` (start plus duration; the daemon derives it, pgnotify/context.py), and
+-- `sequence` is null for an infinite `updated_at`.
+--
+-- What the messages show beyond the rows (pgnotify/context.py formats them):
+--   booking.reference   `booking_reference(id)`, in every email about a booking;
+--   booking.paid        what the booking's `succeeded` payments add up to, and
+--   booking.refunded    what its `refunded` payments add up to: each an object of
+--                       currency -> cents (payments need not share the booking's
+--                       currency, and cents of two currencies do not add up), or null;
+--   payment.created_at, payment.updated_at   the receipt's date (the version at which it
+--                       succeeded).
+-- The totals are read when the message is sent, like everything here: a cancellation sent
+-- after the refund shows it.
 --
 -- PL/pgSQL with a generic plan: as an SQL function it was not inlined into the claim (its
 -- arguments are sub-selects), so its six-table join was planned on every claim, ten times
@@ -660,7 +988,8 @@ $$;
 -- and text JSON is cheaper to build.
 create function pgnotify.render_contexts(p_booking_ids uuid[], p_payment_ids uuid[])
 returns table (booking_id uuid, payment_id uuid, booking_status text,
-               starts_at timestamptz, context json)
+               starts_at timestamptz, customer_id uuid, email text, phone text,
+               user_id uuid, problem text, context json)
 language plpgsql stable
 set plan_cache_mode = force_generic_plan
 as $body$
@@ -668,15 +997,19 @@ as $body$
 begin
     return query
     select k.booking_id, k.payment_id, b.status, b.starts_at,
+           c.id, c.email, c.phone, c.user_id,
+           pgnotify.unshowable_reason(b.starts_at, b.duration_minutes),
            json_build_object(
                'booking', json_build_object(
                    'id', b.id, 'starts_at', b.starts_at,
-                   'ends_at', b.starts_at + make_interval(mins => b.duration_minutes),
                    'duration_minutes', b.duration_minutes, 'total_cents', b.total_cents,
                    'currency', b.currency, 'status', b.status,
                    'cancellation_reason', b.cancellation_reason,
                    -- ICS SEQUENCE must grow with each change of the event: the version does.
-                   'sequence', floor(extract(epoch from b.updated_at))::bigint),
+                   'sequence', case when isfinite(b.updated_at)
+                                    then floor(extract(epoch from b.updated_at))::bigint end,
+                   'reference', pgnotify.booking_reference(b.id),
+                   'paid', t.paid, 'refunded', t.refunded),
                'shop', json_build_object(
                    'id', s.id, 'name', s.name, 'timezone', s.timezone, 'email', s.email,
                    'phone', s.phone, 'address', s.address, 'locale', s.locale),
@@ -690,7 +1023,8 @@ begin
                'payment', case when p.id is not null then json_build_object(
                    'id', p.id, 'amount_cents', p.amount_cents, 'currency', p.currency,
                    'status', p.status, 'provider', p.provider, 'provider_ref', p.provider_ref,
-                   'failure_reason', p.failure_reason) end)
+                   'failure_reason', p.failure_reason, 'created_at', p.created_at,
+                   'updated_at', p.updated_at) end)
     from (select distinct u.booking_id, u.payment_id
           from unnest(p_booking_ids, p_payment_ids) as u (booking_id, payment_id)) k
     join booking.bookings b on b.id = k.booking_id
@@ -698,9 +1032,53 @@ begin
     join booking.staff st on st.id = b.staff_id
     join booking.services sv on sv.id = b.service_id
     join booking.customers c on c.id = b.customer_id
-    left join booking.payments p on p.id = k.payment_id;
+    left join booking.payments p on p.id = k.payment_id
+    -- The totals of every booking of the batch in one aggregate over its payments
+    -- (payments_booking_id_idx): a lateral subquery per booking cost ten times as much.
+    -- The sums are bigint: many payments of up to 2^31 - 1 cents cannot overflow them.
+    left join (
+        select g.booking_id,
+               json_object_agg(g.currency, g.cents) filter (where g.status = 'succeeded')
+                   as paid,
+               json_object_agg(g.currency, g.cents) filter (where g.status = 'refunded')
+                   as refunded
+        from (select bp.booking_id, bp.status, bp.currency, sum(bp.amount_cents) as cents
+              from booking.payments bp
+              where bp.booking_id = any (p_booking_ids)
+                and bp.status in ('succeeded', 'refunded')
+              group by bp.booking_id, bp.status, bp.currency) g
+        group by g.booking_id
+    ) t on t.booking_id = b.id;
 end
 $body$;
+
+comment on function pgnotify.render_contexts(uuid[], uuid[]) is
+    'Rendering context, current customer and contacts of each (booking, payment) given.';
+
+-- Why a claimed row must not be sent, or null: the send-time re-check of the lifecycle
+-- rules (`stale_reason`), a booking messages cannot show, and the recipient read now from
+-- the booking's current customer (opted out of the channel, or without a valid contact
+-- for it: the rules `enqueue` applies when queuing). The claim skips such a row with this
+-- reason.
+create function pgnotify.send_problem(
+    p_kind text, p_channel text, p_occurrence text, p_booking_status text,
+    p_starts_at timestamptz, p_unshowable text, p_email text, p_phone text, p_user_id uuid,
+    p_opted_out boolean, p_opt_out_reason text
+) returns text
+language sql immutable parallel safe
+as $$
+    select coalesce(
+        pgnotify.stale_reason(p_kind, p_occurrence, p_booking_status, p_starts_at),
+        p_unshowable,
+        case when p_opted_out
+             then 'customer opted out of ' || p_channel
+                  || coalesce(' (' || p_opt_out_reason || ')', '') end,
+        pgnotify.recipient_problem(p_channel, p_email, p_phone, p_user_id))
+$$;
+
+comment on function pgnotify.send_problem(text, text, text, text, timestamptz, text, text,
+                                          text, uuid, boolean, text) is
+    'Why a claimed notification must not be sent now, or null (see the claim).';
 
 
 -- ===========================================================================================
@@ -738,8 +1116,12 @@ comment on view pgnotify.dead_letters is
 
 -- Put a failed or skipped row back in the queue, due now, with a fresh attempt budget.
 -- The recipient is resolved again, so fixing a customer's email and retrying works.
+-- Runs as its owner: `pgnotify_daemon` (the `pgnotify retry` CLI) gets EXECUTE on it and
+-- no table-wide UPDATE.
 create function pgnotify.retry(p_id bigint) returns boolean
 language sql volatile
+security definer
+set search_path = pg_catalog, pg_temp
 as $$
     with requeued as (
         update pgnotify.notifications q
@@ -756,11 +1138,17 @@ as $$
     select exists (select 1 from requeued)
 $$;
 
+revoke execute on function pgnotify.retry(bigint) from public;
+
 comment on function pgnotify.retry(bigint) is
     'Re-queue a failed or skipped notification, due now; true if it did.';
 
 -- Queue a notification by hand. Honours routing when p_channels is null. A manual call is
 -- its own occurrence, never suppressed as a duplicate of an automatic notification.
+-- Refuses an unknown kind or channel, an empty channel list (`p_channels => '{}'` would
+-- queue nothing, silently), and a kind about a payment (`kinds.about_payment`) for a
+-- booking without one (the template would have no payment to show). `pgnotify_client`
+-- holds EXECUTE on it (section 6).
 create function pgnotify.notify_booking(
     p_booking_id uuid,
     p_kind       text,
@@ -768,13 +1156,21 @@ create function pgnotify.notify_booking(
     p_run_at     timestamptz default null
 ) returns bigint[]
 language plpgsql volatile
+security definer
+set search_path = pg_catalog, pg_temp
 as $$
 declare
-    v_payment_id uuid;
-    v_bad        text;
+    v_about_payment boolean;
+    v_payment_id    uuid;
+    v_bad           text;
 begin
-    if p_kind is null or not exists (select 1 from pgnotify.kinds where kind = p_kind) then
+    select about_payment into v_about_payment from pgnotify.kinds where kind = p_kind;
+    if not found then
         raise exception 'pgnotify.notify_booking: unknown kind %', p_kind
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if cardinality(p_channels) = 0 then
+        raise exception 'pgnotify.notify_booking: no channel given (null means the routing)'
             using errcode = 'invalid_parameter_value';
     end if;
     select coalesce(c, 'null') into v_bad from unnest(p_channels) c
@@ -788,9 +1184,14 @@ begin
         raise exception 'pgnotify.notify_booking: booking % not found', p_booking_id
             using errcode = 'no_data_found';
     end if;
-    if p_kind in ('payment_confirmed', 'payment_failed') then
+    if v_about_payment then
         select id into v_payment_id from booking.payments
         where booking_id = p_booking_id order by updated_at desc, created_at desc limit 1;
+        if v_payment_id is null then
+            raise exception 'pgnotify.notify_booking: booking % has no payment for %',
+                p_booking_id, p_kind
+                using errcode = 'no_data_found';
+        end if;
     end if;
     return array(
         select pgnotify.enqueue(
@@ -801,14 +1202,18 @@ begin
 end
 $$;
 
+revoke execute on function pgnotify.notify_booking(uuid, text, text[], timestamptz) from public;
+
 comment on function pgnotify.notify_booking(uuid, text, text[], timestamptz) is
     'Queue a notification by hand; returns the ids of the rows it queued.';
 
 -- Delete finished rows older than p_older_than, at most p_limit per call so that a large
 -- backlog is removed in short transactions. Returns how many rows it deleted. The daemon
--- calls it for retention.
+-- calls it for retention; it runs as its owner, so the daemon holds no DELETE on the queue.
 create function pgnotify.purge(p_older_than interval, p_limit int default 5000) returns bigint
 language sql volatile
+security definer
+set search_path = pg_catalog, pg_temp
 as $$
     with doomed as (
         select id from pgnotify.notifications
@@ -821,9 +1226,37 @@ as $$
     select count(*) from gone
 $$;
 
+revoke execute on function pgnotify.purge(interval, int) from public;
+
 comment on function pgnotify.purge(interval, int) is
     'Delete sent, cancelled and skipped notifications older than the interval, in batches;'
     ' never failed ones (dead letters: CONTRACT §5). Returns the count.';
+
+-- In-app messages the customer has read are deleted once older than the retention (by
+-- `created_at`); unread ones are kept, whatever their age. The daemon calls this after
+-- `pgnotify.purge`. It runs as its owner: the daemon role may not delete inbox rows
+-- itself (it could then take back any message), only call this.
+create function pgnotify.purge_inbox(p_older_than interval, p_limit int default 5000)
+returns bigint
+language sql volatile
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    with doomed as (
+        select id from pgnotify.inbox
+        where read_at is not null and created_at < now() - p_older_than
+        limit p_limit
+    ), gone as (
+        delete from pgnotify.inbox i using doomed where i.id = doomed.id returning 1
+    )
+    select count(*) from gone
+$$;
+
+comment on function pgnotify.purge_inbox(interval, int) is
+    'Delete read inbox messages created before the interval, in batches; never unread ones.'
+    ' Returns the count.';
+
+revoke all on function pgnotify.purge_inbox(interval, int) from public;
 
 
 -- ===========================================================================================
@@ -838,6 +1271,16 @@ comment on function pgnotify.purge(interval, int) is
 -- Creating a role needs CREATEROLE (the master user of RDS, Cloud SQL and Azure has it).
 -- Without it this migration only explains; a DBA can create the role later and call
 -- `select pgnotify.grant_daemon_privileges();` (idempotent, also after upgrades).
+--
+-- `pgnotify_daemon` updates only the queue columns that its statements in
+-- pgnotify/queries.py change (claim, record outcomes, in-app delivery, lease rescue,
+-- release, failing an unclaimable row), never what a row is about (kind, channel,
+-- booking, payment, shop, occurrence). The claim writes `customer_id` and `recipient`:
+-- they are read from the booking's current customer at send time. It deletes through
+-- `pgnotify.purge` (which keeps dead letters) and `pgnotify.purge_inbox` only.
+-- `pgnotify retry` (the CLI, run with the daemon's credentials) goes through
+-- `pgnotify.retry`. tests/sql/test_daemon_role.py compares this list with the statements
+-- of queries.py.
 
 create function pgnotify.grant_daemon_privileges() returns void
 language plpgsql
@@ -846,15 +1289,23 @@ begin
     grant usage on schema booking, pgnotify to pgnotify_daemon;
     grant select on booking.shops, booking.staff, booking.services, booking.customers,
                     booking.bookings, booking.payments to pgnotify_daemon;
-    -- claim (select ... for update, update), record, rescue, release, purge (delete)
-    grant select, update, delete on pgnotify.notifications to pgnotify_daemon;
+    -- Revoking the table-wide UPDATE also revokes every column-level one: start clean.
+    revoke update, delete on pgnotify.notifications from pgnotify_daemon;
+    grant select,
+          update (status, run_at, attempts, last_error, provider_id, sent_at, claimed_by,
+                  lease_until, updated_at, customer_id, recipient)
+        on pgnotify.notifications to pgnotify_daemon;
     grant select, insert on pgnotify.inbox to pgnotify_daemon;
     grant select, insert on pgnotify.opt_outs to pgnotify_daemon;
     grant select on pgnotify.kinds, pgnotify.channels, pgnotify.routes,
                     pgnotify.reminder_rules, pgnotify.schema_migrations,
                     pgnotify.status, pgnotify.dead_letters to pgnotify_daemon;
+    grant execute on function pgnotify.purge, pgnotify.purge_inbox, pgnotify.retry
+        to pgnotify_daemon;
 end
 $$;
+
+revoke execute on function pgnotify.grant_daemon_privileges() from public;
 
 do $$
 begin
@@ -868,5 +1319,48 @@ begin
         end;
     end if;
     perform pgnotify.grant_daemon_privileges();
+end
+$$;
+
+-- `pgnotify_client` is what an application needs beyond its own tables: read
+-- `pgnotify.inbox` and set `read_at` (no other column), call `pgnotify.notify_booking`.
+-- Nothing else in pgnotify, and no write on the queue: granting it is always safe. The
+-- inbox holds every user's messages; the application shows each user their own rows
+-- (`where user_id = …`), as it does with its own tables. It cannot log in; grant it to the
+-- application's role:
+--     grant pgnotify_client to app;
+--
+-- Same pattern as `pgnotify_daemon`: without CREATEROLE this migration only explains; a
+-- DBA can create the role later and call `select pgnotify.grant_client_privileges();`
+-- (idempotent).
+
+create function pgnotify.grant_client_privileges() returns void
+language plpgsql
+as $$
+begin
+    grant usage on schema pgnotify to pgnotify_client;
+    grant select, update (read_at) on pgnotify.inbox to pgnotify_client;
+    grant execute on function pgnotify.notify_booking to pgnotify_client;
+end
+$$;
+
+revoke execute on function pgnotify.grant_client_privileges from public;
+
+do $$
+begin
+    if not exists (select 1 from pg_roles where rolname = 'pgnotify_client') then
+        begin
+            create role pgnotify_client nologin;
+        exception
+            when insufficient_privilege then
+                raise notice 'pgnotify: cannot create role pgnotify_client (needs CREATEROLE); '
+                             'create it, then run: select pgnotify.grant_client_privileges();';
+                return;
+            -- Roles belong to the cluster: another database's migration created it meanwhile.
+            when duplicate_object or unique_violation then
+                null;
+        end;
+    end if;
+    perform pgnotify.grant_client_privileges();
 end
 $$;

@@ -1,4 +1,4 @@
-"""Trust boundaries between the application and the queue (CONTRACT.md §5, sql/004).
+"""Trust boundaries between the application and the queue (CONTRACT.md §5; sql/001_baseline.sql).
 
 An application role holds rights on its own `booking` tables and nothing in `pgnotify`, yet
 every notification follows its writes: the functions that write the queue run as their
