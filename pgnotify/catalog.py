@@ -22,7 +22,9 @@ def verify_catalog(
 ) -> list[str]:
     """Compile every kind's templates for every channel; returns the templates compiled.
 
-    Raises ``InstallationError`` naming what does not agree.
+    The shop's kinds (``catalog.shop_kinds``) need none for in-app: a shop has no inbox, so
+    such a row is skipped with the reason before anything renders. Raises
+    ``InstallationError`` naming what does not agree.
     """
     deliverable = {*transports, INAPP}
     unknown = [c for c in catalog.channels if c not in PARTS or c not in deliverable]
@@ -31,7 +33,11 @@ def verify_catalog(
             f"pgnotify.channels lists {', '.join(unknown)}, which this version of pgnotify"
             " cannot compose or deliver"
         )
+    shop_kinds = [k for k in catalog.kinds if k in catalog.shop_kinds]
+    customer_kinds = [k for k in catalog.kinds if k not in catalog.shop_kinds]
     try:
-        return renderer.compile_all(catalog.kinds, catalog.channels)
+        return renderer.compile_all(customer_kinds, catalog.channels) + renderer.compile_all(
+            shop_kinds, [c for c in catalog.channels if c != INAPP]
+        )
     except PermanentError as exc:
         raise InstallationError(f"pgnotify.kinds and the templates disagree: {exc}") from None

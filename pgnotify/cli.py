@@ -112,7 +112,8 @@ def _cmd_render(settings: Settings, args: argparse.Namespace) -> int:
 
     with connect_sync(settings.database_url) as conn:
         conn.execute("set timezone = 'UTC'")
-        kinds = Catalog.from_row(conn.execute(queries.CATALOG).fetchone()).kinds
+        catalog = Catalog.from_row(conn.execute(queries.CATALOG).fetchone())
+        kinds = catalog.kinds
         if args.kind not in kinds:
             print(
                 f"pgnotify: unknown kind {args.kind!r} (known: {', '.join(kinds)})", file=sys.stderr
@@ -120,13 +121,16 @@ def _cmd_render(settings: Settings, args: argparse.Namespace) -> int:
             return EXIT_USAGE
         row = conn.execute(
             queries.PREVIEW_CONTEXT,
-            {"booking_id": args.booking, "with_payment": args.kind.startswith("payment_")},
+            {"booking_id": args.booking, "with_payment": args.kind in catalog.payment_kinds},
         ).fetchone()
     if row is None or row[0] is None:
         print(f"pgnotify: booking {args.booking} not found", file=sys.stderr)
         return 1
+    audience = "shop" if args.kind in catalog.shop_kinds else "customer"
     print(
-        render_preview(settings, args.kind, row[0], channel=args.channel, locale=args.locale),
+        render_preview(
+            settings, args.kind, row[0], channel=args.channel, locale=args.locale, audience=audience
+        ),
         end="",
     )
     return 0

@@ -158,16 +158,17 @@ class Composer:
 
     def _shared_contexts(self, batch: Sequence[ClaimedNotification]) -> list[dict[str, Any] | None]:
         """Each row's ``build_context``, built once per booking (and payment) of the batch."""
-        contexts: dict[tuple[object, object], dict[str, Any]] = {}
+        contexts: dict[tuple[object, object, str], dict[str, Any]] = {}
         out: list[dict[str, Any] | None] = []
         for n in batch:
             ctx = None
             if n.context is not None and n.booking_id is not None:
-                key = (n.booking_id, n.payment_id)
+                # The shop's alert is in the shop's language: its own context.
+                key = (n.booking_id, n.payment_id, n.audience)
                 ctx = contexts.get(key)
                 if ctx is None:
                     try:
-                        ctx = contexts[key] = build_context(n.context)
+                        ctx = contexts[key] = build_context(n.context, audience=n.audience)
                     except Exception:
                         ctx = None  # compose builds it again and fails that row alone
             out.append(ctx)
@@ -184,7 +185,9 @@ class Composer:
             raise SkipNotification(f"no recipient for channel {n.channel}")
         if n.channel not in PARTS:
             raise PermanentError(f"no templates for channel {n.channel!r}")
-        return context if context is not None else build_context(n.context, locale=locale)
+        if context is not None:
+            return context
+        return build_context(n.context, locale=locale, audience=n.audience)
 
     def _budgeted_parts(
         self, n: ClaimedNotification, ctx: Mapping[str, Any]
@@ -223,7 +226,10 @@ class Composer:
         parts: Mapping[str, str],
     ) -> EmailMessage:
         shop = ctx["shop"]
-        reply_to = shop.get("email")
+        # To the customer, replies go to the shop; to the shop (its alerts), to the customer.
+        to_shop = n.audience == "shop"
+        addressee = shop if to_shop else ctx["customer"]
+        reply_to = ctx["customer"].get("email") if to_shop else shop.get("email")
         ics = None
         method = ICS_METHODS.get(n.kind)
         if method and ctx["starts_at"] is not None and n.context is not None:
@@ -237,10 +243,10 @@ class Composer:
         return EmailMessage(
             notification_id=n.id,
             to_address=to,
-            to_name=one_line(str(ctx["customer"].get("name") or ""), _MAX_NAME),
+            to_name=one_line(str(addressee.get("name") or ""), _MAX_NAME),
             from_name=one_line(str(shop.get("name") or ""), _MAX_NAME),
-            # A malformed shop address must not cost the customer the email: drop it.
-            reply_to=reply_to if reply_to and is_valid_address(reply_to) else None,
+            # A malformed reply address must not cost the recipient the email: drop it.
+            reply_to=reply_to if isinstance(reply_to, str) and is_valid_address(reply_to) else None,
             subject=one_line(parts["email_subject.txt"]),
             text=_BLANK_LINES.sub("\n\n", parts["email.txt"]) + "\n",
             html=parts["email.html"] + "\n",
@@ -268,22 +274,26 @@ def render_preview(
     channel: str | None = None,
     locale: str | None = None,
     html_dir: Path | None = None,
+    audience: str = "customer",
 ) -> str:
     """What ``pgnotify render`` prints: every channel's text (or one channel's).
 
     The HTML body is written to a temporary ``.html`` file (in ``html_dir`` when given)
     whose path is printed. Template errors are printed in place of the part they broke.
+    A kind for the shop (``audience="shop"``) is shown as the shop gets it: in its
+    language, to its contacts, and not in-app (a shop has no inbox).
     """
     composer = Composer(settings, TemplateRenderer.from_settings(settings))
-    ctx = build_context(raw_context, locale=locale)
-    customer = ctx["customer"]
+    ctx = build_context(raw_context, locale=locale, audience=audience)
+    to = ctx["shop"] if audience == "shop" else ctx["customer"]
     recipients = {
-        "email": customer.get("email") or "customer@example.com",
-        "sms": customer.get("phone") or "+15550000000",
-        "inapp": customer.get("user_id") or "user",
+        "email": to.get("email") or "customer@example.com",
+        "sms": to.get("phone") or "+15550000000",
+        "inapp": to.get("user_id") or "user",
     }
+    channels = [c for c in PARTS if audience != "shop" or c != "inapp"]
     sections = []
-    for name in [channel] if channel else list(PARTS):
+    for name in [channel] if channel else channels:
         n = ClaimedNotification(
             id=0,
             kind=kind,
@@ -294,6 +304,7 @@ def render_preview(
             attempts=0,
             run_at=ctx["starts_at"] or datetime.now(UTC),
             context=dict(raw_context),
+            audience=audience,
         )
         try:
             message = composer.compose(n, context=ctx)

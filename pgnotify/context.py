@@ -209,7 +209,9 @@ def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
     return dict(value) if isinstance(value, Mapping) else {}
 
 
-def build_context(raw: Mapping[str, Any], *, locale: str | None = None) -> dict[str, Any]:
+def build_context(
+    raw: Mapping[str, Any], *, locale: str | None = None, audience: str = "customer"
+) -> dict[str, Any]:
     """Turn the raw sections loaded by SQL into the dict every template renders from.
 
     Keys: the raw sections ``booking``, ``shop``, ``staff``, ``service``, ``customer``,
@@ -220,7 +222,8 @@ def build_context(raw: Mapping[str, Any], *, locale: str | None = None) -> dict[
     ``refunded`` (the booking's succeeded and refunded payments; both shown, zero included,
     when either is not zero, else both ``""``), ``payment_date`` (when the payment reached
     its status, in the shop's zone). ``locale`` overrides the customer's and the shop's
-    language (previews).
+    language (previews). A message to the shop (``audience="shop"``, the shop's alerts) is
+    in the shop's language, whatever the customer's.
     """
     booking = _section(raw, "booking")
     shop = _section(raw, "shop")
@@ -229,7 +232,8 @@ def build_context(raw: Mapping[str, Any], *, locale: str | None = None) -> dict[
     payment_raw = raw.get("payment")
     payment = dict(payment_raw) if isinstance(payment_raw, Mapping) else None
 
-    lang = resolve_locale(locale, customer.get("locale"), shop.get("locale"))
+    reader = None if audience == "shop" else customer.get("locale")
+    lang = resolve_locale(locale, reader, shop.get("locale"))
     zone = shop_zone(shop.get("timezone"))
     starts = parse_timestamp(booking.get("starts_at"))
     duration_minutes = booking.get("duration_minutes", service.get("duration_minutes"))

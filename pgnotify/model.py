@@ -16,12 +16,17 @@ class Catalog:
 
     kinds: tuple[str, ...]
     channels: tuple[str, ...]
+    # The kinds addressed to the shop (``kinds.audience = 'shop'``), never sent in-app.
+    shop_kinds: tuple[str, ...] = ()
+    # The kinds about one payment (``kinds.about_payment``).
+    payment_kinds: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: Iterable[Any] | None) -> Catalog:
-        """From ``queries.CATALOG``'s one row (kinds, channels), by either driver."""
-        kinds, channels = row if row is not None else ((), ())
-        return cls(tuple(kinds), tuple(channels))
+        """From ``queries.CATALOG``'s one row (kinds, channels, shop kinds, payment kinds),
+        by either driver."""
+        kinds, channels, shop_kinds, payment_kinds = row if row is not None else ((),) * 4
+        return cls(tuple(kinds), tuple(channels), tuple(shop_kinds), tuple(payment_kinds))
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +51,6 @@ class ClaimedNotification:
     stale_reason: str | None = None
     # The invitation's SEQUENCE, frozen into the row when it was queued (None: no ICS).
     ics_sequence: int | None = None
+    # Who reads it (``pgnotify.kinds.audience``): ``customer``, or ``shop`` for the shop's
+    # alerts, which are addressed to the shop and written in its language.
+    audience: str = "customer"

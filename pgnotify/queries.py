@@ -16,7 +16,9 @@ from __future__ import annotations
 # The recipient is read here, at send time, from the booking's current customer (by the
 # rule the triggers apply when queuing, pgnotify.recipient_of), and recorded in
 # `recipient` with the customer in `customer_id`: a booking given to another customer, or
-# a changed email or phone, applies to everything not yet sent. `stale_reason` is
+# a changed email or phone, applies to everything not yet sent. The shop's kinds
+# (`pgnotify.kinds.audience`) go to the shop's current email and phone instead, with no
+# customer_id (a customer's opt-out is not the shop's). `stale_reason` is
 # pgnotify.send_problem: a stale reminder, a booking messages cannot show, an opt-out or
 # a contact that fails validation; the daemon skips such a row with it.
 #
@@ -30,16 +32,25 @@ with due as (
 ), contexts as (
     select * from pgnotify.render_contexts(array(select booking_id from due),
                                            array(select payment_id from due))
-), checked as (
-    select d.id, x.booking_id is not null as found, x.customer_id,
-           pgnotify.recipient_of(d.channel, x.email, x.phone, x.user_id) as recipient,
-           pgnotify.send_problem(d.kind, d.channel, d.occurrence, x.booking_status,
-                                 x.starts_at, x.problem, x.email, x.phone, x.user_id,
-                                 o.customer_id is not null, o.reason) as problem
+), addressed as (
+    select d.*, x.booking_id is not null as found, x.booking_status, x.starts_at, x.problem,
+           coalesce(a.audience, 'customer') as audience,
+           case when a.audience = 'shop' then null else x.customer_id end as customer_id,
+           case when a.audience = 'shop' then x.shop_email else x.email end as email,
+           case when a.audience = 'shop' then x.shop_phone else x.phone end as phone,
+           case when a.audience = 'shop' then null else x.user_id end as user_id
     from due d
     left join contexts x
            on x.booking_id = d.booking_id and x.payment_id is not distinct from d.payment_id
-    left join pgnotify.opt_outs o on o.customer_id = x.customer_id and o.channel = d.channel
+    left join pgnotify.kinds a on a.kind = d.kind
+), checked as (
+    select d.id, d.found, d.audience, d.customer_id,
+           pgnotify.recipient_of(d.channel, d.email, d.phone, d.user_id) as recipient,
+           pgnotify.send_problem(d.kind, d.channel, d.occurrence, d.booking_status,
+                                 d.starts_at, d.problem, d.email, d.phone, d.user_id,
+                                 o.customer_id is not null, o.reason, d.audience) as problem
+    from addressed d
+    left join pgnotify.opt_outs o on o.customer_id = d.customer_id and o.channel = d.channel
 ), claimed as (
     update pgnotify.notifications n
        set status = 'sending', attempts = n.attempts + 1, claimed_by = $2,
@@ -49,10 +60,10 @@ with due as (
       from checked k
      where n.id = k.id
     returning n.id, n.kind, n.channel, n.recipient, n.booking_id, n.payment_id,
-              n.attempts, n.run_at, n.ics_sequence, k.problem
+              n.attempts, n.run_at, n.ics_sequence, k.problem, k.audience
 )
 select c.id, c.kind, c.channel, c.recipient, c.booking_id, c.payment_id, c.attempts,
-       c.run_at, c.ics_sequence,
+       c.run_at, c.ics_sequence, c.audience,
        -- Sibling rows (one booking's email, SMS and in-app) share one context: send it
        -- once, on the first of them; the daemon hands it to the others.
        case when row_number() over (partition by c.booking_id, c.payment_id order by c.id) = 1
@@ -202,10 +213,15 @@ on conflict do nothing
 """
 
 # -- catalog --
-# The kinds and channels pgnotify knows, the one list (read once at start).
+# The kinds and channels pgnotify knows, the one list (read once at start), with the kinds
+# addressed to the shop and those about a payment.
 CATALOG = """
 select array(select kind from pgnotify.kinds order by kind) as kinds,
-       array(select channel from pgnotify.channels order by channel) as channels
+       array(select channel from pgnotify.channels order by channel) as channels,
+       array(select kind from pgnotify.kinds where audience = 'shop' order by kind)
+           as shop_kinds,
+       array(select kind from pgnotify.kinds where about_payment order by kind)
+           as payment_kinds
 """
 
 # -- purge_finished --

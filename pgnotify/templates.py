@@ -177,22 +177,35 @@ class TemplateRenderer:
     ) -> list[str]:
         """Compile every kind × channel part in every locale (and for the given shops).
 
-        ``kinds`` and ``channels`` default to every kind folder and every channel in
-        ``PARTS``; the daemon passes the database's catalog. Returns the labels compiled;
-        raises ``PermanentError`` at the first broken or missing one. Used by tests and at
-        start-up, so a typo fails loudly instead of per notification.
+        ``kinds`` defaults to every kind folder; ``channels`` to every channel in ``PARTS``
+        of which the kind's default-locale folder holds a part (a shop's alert has no
+        in-app part), so a started channel must be complete. The daemon passes the
+        database's catalog, which says which channels each kind needs. Returns the labels
+        compiled; raises ``PermanentError`` at the first broken or missing one. Used by
+        tests and at start-up, so a typo fails loudly instead of per notification.
         """
         kinds = tuple(self.kinds if kinds is None else kinds)
-        wanted = tuple(PARTS if channels is None else channels)
+        wanted = {
+            kind: tuple(self.channels_of(kind) if channels is None else channels) for kind in kinds
+        }
         done = []
         for shop in shop_ids:
             for lang in sorted(self._locales):
                 for kind in kinds:
-                    for channel in wanted:
+                    for channel in wanted[kind]:
                         for part in PARTS[channel]:
                             self.template(kind, part, locale=lang, shop_id=shop)
                             done.append(self._label(kind, part, lang, shop))
         return done
+
+    def channels_of(self, kind: str) -> list[str]:
+        """The channels of which ``kind``'s default-locale folder holds some part."""
+        folders = [root / DEFAULT_LOCALE / kind for root in self.roots]
+        return [
+            channel
+            for channel, parts in PARTS.items()
+            if any((folder / part).is_file() for folder in folders for part in parts)
+        ]
 
     def shop_source(
         self, kind: str, part: str, *, locale: str = DEFAULT_LOCALE, shop_id: str | None = None

@@ -68,6 +68,7 @@ def to_claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
                 context=context,
                 stale_reason=row["stale_reason"],
                 ics_sequence=row["ics_sequence"],
+                audience=row["audience"],
             )
         )
     return batch

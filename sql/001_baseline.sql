@@ -142,24 +142,47 @@ create schema if not exists pgnotify;
 -- `about_payment`: which kinds are about one payment rather than the booking as a whole.
 -- `notify_booking` attaches the booking's latest payment to those (and refuses a booking
 -- without one); as a column, a new payment kind is one UPDATE, not a new function body.
+--
+-- `audience`: who reads it. A `customer` kind goes to the booking's customer (opt-outs
+-- apply); a `shop` kind to the shop's own `email` and `phone` (there is no in-app inbox for
+-- a shop, and a customer's opt-out is not the shop's). Both `enqueue` and the claim
+-- resolve the recipient by it.
+--
+-- `same_event_as`: a kind the lifecycle queues for every event of another kind, keyed by
+-- the same occurrence. The shop's alerts follow the customer's messages this way, so the
+-- rules that detect a confirmation, a cancellation or a failed payment exist once
+-- (section 3). Only for the triggers' events: a manual `notify_booking` queues the kind it
+-- names and nothing else.
 create table pgnotify.kinds (
     kind          text primary key check (kind ~ '^[a-z][a-z0-9_]{0,62}$'),
     description   text not null,
-    about_payment boolean not null default false
+    about_payment boolean not null default false,
+    audience      text not null default 'customer' check (audience in ('customer', 'shop')),
+    same_event_as text references pgnotify.kinds (kind)
 );
 
 comment on column pgnotify.kinds.about_payment is
     'True for kinds about one payment: notify_booking attaches the booking''s latest payment.';
+comment on column pgnotify.kinds.audience is
+    'customer: sent to the booking''s customer; shop: to booking.shops.email / phone.';
+comment on column pgnotify.kinds.same_event_as is
+    'The lifecycle queues this kind wherever it queues that one (e.g. the shop''s alerts).';
 
-insert into pgnotify.kinds (kind, description, about_payment) values
-    ('booking_confirmed',   'a booking became confirmed',                            false),
-    ('payment_confirmed',   'a payment succeeded',                                   true),
-    ('payment_failed',      'a payment failed',                                      true),
-    ('payment_refunded',    'a payment was refunded',                                true),
-    ('booking_cancelled',   'a confirmed booking was cancelled',                     false),
-    ('booking_rescheduled', 'a confirmed booking moved to another time',             false),
-    ('reminder_24h',        'reminder, by default 24 hours before the appointment', false),
-    ('reminder_2h',         'reminder, by default 2 hours before the appointment',  false);
+insert into pgnotify.kinds (kind, description, about_payment, audience, same_event_as) values
+    ('booking_confirmed',   'a booking became confirmed',                false, 'customer', null),
+    ('payment_confirmed',   'a payment succeeded',                       true,  'customer', null),
+    ('payment_failed',      'a payment failed',                          true,  'customer', null),
+    ('payment_refunded',    'a payment was refunded',                    true,  'customer', null),
+    ('booking_cancelled',   'a confirmed booking was cancelled',         false, 'customer', null),
+    ('booking_rescheduled', 'a confirmed booking moved to another time', false, 'customer', null),
+    ('reminder_24h',  'reminder, by default 24 hours before the appointment', false, 'customer', null),
+    ('reminder_2h',   'reminder, by default 2 hours before the appointment',  false, 'customer', null),
+    ('shop_booking_confirmed', 'to the shop: a booking became confirmed',
+        false, 'shop', 'booking_confirmed'),
+    ('shop_booking_cancelled', 'to the shop: a confirmed booking was cancelled',
+        false, 'shop', 'booking_cancelled'),
+    ('shop_payment_failed',    'to the shop: a payment failed',
+        true,  'shop', 'payment_failed');
 
 create table pgnotify.channels (
     channel     text primary key check (channel ~ '^[a-z][a-z0-9_]{0,62}$'),
@@ -189,7 +212,11 @@ from unnest(array['booking_confirmed', 'payment_confirmed', 'payment_failed',
      unnest(array['email', 'sms', 'inapp']) as c
 union all select 'reminder_24h', 'email'
 union all select 'reminder_24h', 'sms'
-union all select 'reminder_2h', 'sms';
+union all select 'reminder_2h', 'sms'
+-- The shop's alerts by email only; a shop row (or the default) adds `sms` to its phone.
+union all select 'shop_booking_confirmed', 'email'
+union all select 'shop_booking_cancelled', 'email'
+union all select 'shop_payment_failed', 'email';
 
 -- How long before `starts_at` each reminder is due. Same override scheme as routes.
 create table pgnotify.reminder_rules (
@@ -415,22 +442,24 @@ $$;
 comment on function pgnotify.is_valid_email(text) is
     'True for an address pgnotify sends to (the rule of mime.is_valid_address).';
 
--- Why a channel cannot reach this customer, or null when it can.
-create function pgnotify.recipient_problem(channel text, email text, phone text, user_id uuid)
-returns text
+-- Why a channel cannot reach this customer (or shop: `pgnotify.kinds.audience`), or null
+-- when it can.
+create function pgnotify.recipient_problem(
+    channel text, email text, phone text, user_id uuid, audience text default 'customer'
+) returns text
 language sql immutable parallel safe
 as $$
 select case
     when channel = 'email' and nullif(btrim(email), '') is null
-        then 'customer has no email address'
+        then audience || ' has no email address'
     when channel = 'email' and not pgnotify.is_valid_email(btrim(email))
-        then 'customer email is not a valid address'
+        then audience || ' email is not a valid address'
     when channel = 'sms' and nullif(btrim(phone), '') is null
-        then 'customer has no phone number'
+        then audience || ' has no phone number'
     when channel = 'sms' and btrim(phone) !~ '^\+[1-9][0-9]{1,14}$'
-        then 'customer phone is not in E.164 format (+ and up to 15 digits)'
+        then audience || ' phone is not in E.164 format (+ and up to 15 digits)'
     when channel = 'inapp' and user_id is null
-        then 'customer has no user_id for in-app messages'
+        then audience || ' has no user_id for in-app messages'
 end
 $$;
 
@@ -455,8 +484,9 @@ $$;
 comment on function pgnotify.due_before(timestamptz, interval) is
     'starts_at - before, or the lowest timestamp when that is before it.';
 
--- Fans events out to their channels and queues them: routing (the shop's rows over the
--- defaults, unless `p_channels` names them), recipients, opt-outs, and the past-reminder
+-- Fans events out to their channels and queues them: the kinds that follow each event
+-- (`kinds.same_event_as`), routing (the shop's rows over the defaults, unless `p_channels`
+-- names them), recipients (by `kinds.audience`), opt-outs, and the past-reminder
 -- rule. Duplicates of an existing occurrence are dropped by the dedupe key. A row whose
 -- due time is not finite (`notify_booking(…, p_run_at => 'infinity')`) is queued
 -- `skipped` with the reason: pending at infinity it would never be sent, and the
@@ -482,11 +512,25 @@ as $body$
 begin
     return query
     with ev as (
-        select e.booking_id, e.payment_id, e.kind, e.occurrence, e.run_at,
-               b.shop_id, b.customer_id, c.email, c.phone, c.user_id
-        from unnest(p_events) as e
+        -- Each event, and the kinds that follow it (`kinds.same_event_as`: the shop's
+        -- alerts), addressed to their audience: a shop has no user and no opt-outs (its
+        -- rows have no customer_id).
+        select e.booking_id, e.payment_id, e.kind, e.occurrence, e.run_at, k.audience,
+               b.shop_id,
+               case when k.audience = 'shop' then null else b.customer_id end as customer_id,
+               case when k.audience = 'shop' then s.email else c.email end as email,
+               case when k.audience = 'shop' then s.phone else c.phone end as phone,
+               case when k.audience = 'shop' then null else c.user_id end as user_id
+        from (select * from unnest(p_events)
+              union all
+              select u.booking_id, u.payment_id, f.kind, u.occurrence, u.run_at
+              from unnest(p_events) as u
+              join pgnotify.kinds f on f.same_event_as = u.kind
+              where not p_manual) as e
+        join pgnotify.kinds k on k.kind = e.kind
         join booking.bookings b on b.id = e.booking_id
         join booking.customers c on c.id = b.customer_id
+        join booking.shops s on s.id = b.shop_id
     ),
     shops as (
         select distinct shop_id from ev
@@ -516,7 +560,8 @@ begin
                            || coalesce(' (' || o.reason || ')', '')
                    when not isfinite(t.run_at)
                        then 'due time ' || pgnotify.time_key(t.run_at) || ' is not a finite time'
-                   else pgnotify.recipient_problem(t.channel, t.email, t.phone, t.user_id)
+                   else pgnotify.recipient_problem(t.channel, t.email, t.phone, t.user_id,
+                                                   t.audience)
                end as problem
         from targets t
         left join pgnotify.opt_outs o
@@ -965,7 +1010,8 @@ comment on function pgnotify.booking_reference(uuid) is
 -- The rendering context of a whole claimed batch, one row per distinct (booking,
 -- payment), as the templates receive it; the claim joins it once per batch. Beside the
 -- context, what the claim needs to resolve recipients at send time (the booking's current
--- customer and contacts) and `problem` (`unshowable_reason`). Nothing here computes what
+-- customer and contacts, the shop's contacts for the shop's kinds) and `problem`
+-- (`unshowable_reason`). Nothing here computes what
 -- one row's odd data could make overflow, since that would fail the claim of every row:
 -- no `ends_at` (start plus duration; the daemon derives it, pgnotify/context.py), and
 -- `sequence` is null for an infinite `updated_at`.
@@ -989,7 +1035,7 @@ comment on function pgnotify.booking_reference(uuid) is
 create function pgnotify.render_contexts(p_booking_ids uuid[], p_payment_ids uuid[])
 returns table (booking_id uuid, payment_id uuid, booking_status text,
                starts_at timestamptz, customer_id uuid, email text, phone text,
-               user_id uuid, problem text, context json)
+               user_id uuid, shop_email text, shop_phone text, problem text, context json)
 language plpgsql stable
 set plan_cache_mode = force_generic_plan
 as $body$
@@ -997,7 +1043,7 @@ as $body$
 begin
     return query
     select k.booking_id, k.payment_id, b.status, b.starts_at,
-           c.id, c.email, c.phone, c.user_id,
+           c.id, c.email, c.phone, c.user_id, s.email, s.phone,
            pgnotify.unshowable_reason(b.starts_at, b.duration_minutes),
            json_build_object(
                'booking', json_build_object(
@@ -1057,13 +1103,13 @@ comment on function pgnotify.render_contexts(uuid[], uuid[]) is
 
 -- Why a claimed row must not be sent, or null: the send-time re-check of the lifecycle
 -- rules (`stale_reason`), a booking messages cannot show, and the recipient read now from
--- the booking's current customer (opted out of the channel, or without a valid contact
--- for it: the rules `enqueue` applies when queuing). The claim skips such a row with this
--- reason.
+-- the booking's current customer, or the shop for the shop's kinds (opted out of the
+-- channel, or without a valid contact for it: the rules `enqueue` applies when queuing).
+-- The claim skips such a row with this reason.
 create function pgnotify.send_problem(
     p_kind text, p_channel text, p_occurrence text, p_booking_status text,
     p_starts_at timestamptz, p_unshowable text, p_email text, p_phone text, p_user_id uuid,
-    p_opted_out boolean, p_opt_out_reason text
+    p_opted_out boolean, p_opt_out_reason text, p_audience text default 'customer'
 ) returns text
 language sql immutable parallel safe
 as $$
@@ -1073,11 +1119,11 @@ as $$
         case when p_opted_out
              then 'customer opted out of ' || p_channel
                   || coalesce(' (' || p_opt_out_reason || ')', '') end,
-        pgnotify.recipient_problem(p_channel, p_email, p_phone, p_user_id))
+        pgnotify.recipient_problem(p_channel, p_email, p_phone, p_user_id, p_audience))
 $$;
 
 comment on function pgnotify.send_problem(text, text, text, text, timestamptz, text, text,
-                                          text, uuid, boolean, text) is
+                                          text, uuid, boolean, text, text) is
     'Why a claimed notification must not be sent now, or null (see the claim).';
 
 

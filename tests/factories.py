@@ -42,7 +42,13 @@ def make_world(
     customer_locale: str | None = None,
     staff_name: str = "Luis",
     service_name: str = "Skin fade",
+    shop_alerts: bool = False,
 ) -> World:
+    """The rows of a small world. The shop's own alerts (`shop_*` kinds) are switched off
+    for it, as an operator does it (a `pgnotify.routes` row per alert, `enabled = false`),
+    unless ``shop_alerts``: most tests are about what the customer gets, and those of the
+    alerts (tests/sql/test_shop_alerts.py, tests/daemon/test_shop_alerts.py) turn them on.
+    """
     shop_id, staff_id, service_id, customer_id = uuid4(), uuid4(), uuid4(), uuid4()
     user_id = uuid4() if with_user else None
     conn.execute(
@@ -64,7 +70,20 @@ def make_world(
         " values (%s, %s, %s, %s, %s, %s)",
         (customer_id, customer_name, email, phone, user_id, customer_locale),
     )
+    if not shop_alerts:
+        mute_shop_alerts(conn, shop_id)
     return World(shop_id, staff_id, service_id, customer_id, user_id)
+
+
+def mute_shop_alerts(conn: psycopg.Connection[Any], shop_id: UUID) -> None:
+    """Switch off every alert to the shop on every channel it is routed to by default."""
+    conn.execute(
+        "insert into pgnotify.routes (shop_id, kind, channel, enabled)"
+        " select %s, r.kind, r.channel, false from pgnotify.routes r"
+        " join pgnotify.kinds k on k.kind = r.kind"
+        " where r.shop_id is null and k.audience = 'shop'",
+        (shop_id,),
+    )
 
 
 def make_booking(

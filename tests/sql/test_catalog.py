@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from pgnotify import queries
 from pgnotify.catalog import verify_catalog
 from pgnotify.channels.registry import build_channels
 from pgnotify.errors import InstallationError
@@ -26,11 +27,7 @@ from tests.factories import make_booking, make_world
 
 
 def catalog(db: psycopg.Connection[Any]) -> Catalog:
-    kinds, channels = db.execute(
-        "select array(select kind from pgnotify.kinds order by kind),"
-        " array(select channel from pgnotify.channels order by channel)"
-    ).fetchone() or ([], [])
-    return Catalog(tuple(kinds), tuple(channels))
+    return Catalog.from_row(db.execute(queries.CATALOG).fetchone())
 
 
 def test_the_database_lists_exactly_the_kinds_every_locale_has_templates_for(
@@ -42,7 +39,12 @@ def test_the_database_lists_exactly_the_kinds_every_locale_has_templates_for(
         assert folders == sorted(listed.kinds), locale
     assert sorted(listed.channels) == sorted(PARTS)
     compiled = verify_catalog(listed, TemplateRenderer(), build_channels(load_settings()))
-    assert len(compiled) == 2 * len(listed.kinds) * sum(len(PARTS[c]) for c in listed.channels)
+    # The shop's alerts need no in-app part: a shop has no inbox (tests/sql/test_shop_alerts.py).
+    assert listed.shop_kinds
+    assert len(compiled) == 2 * (
+        len(listed.kinds) * sum(len(PARTS[c]) for c in listed.channels)
+        - len(listed.shop_kinds) * len(PARTS["inapp"])
+    )
 
 
 @pytest.mark.parametrize(

@@ -107,14 +107,16 @@ def test_an_application_with_rights_on_its_tables_only_causes_every_notification
 ) -> None:
     """Confirm, pay, fail a payment, reschedule, cancel, confirm a pending booking: written
     by a role with no right in pgnotify, each change queues what tests/sql/test_lifecycle.py
-    expects of it (the trigger functions run as their owner)."""
+    and tests/sql/test_shop_alerts.py expect of it, the shop's alerts included (the trigger
+    functions run as their owner)."""
     with psycopg.connect(app_dsn, autocommit=True) as app:
-        world = make_world(app)
+        world = make_world(app, shop_alerts=True)
         booking = make_booking(app, world, starts_in=timedelta(days=3))
         reminders = [
             ("reminder_24h", "email", "pending"),
             ("reminder_24h", "sms", "pending"),
             ("reminder_2h", "sms", "pending"),
+            ("shop_booking_confirmed", "email", "pending"),
         ]
         assert queue(db, booking) == sorted(rows(["booking_confirmed"], "pending") + reminders)
 
@@ -126,7 +128,8 @@ def test_an_application_with_rights_on_its_tables_only_causes_every_notification
             (booking,),
         )
         events = ["booking_confirmed", "payment_confirmed", "payment_failed", "booking_rescheduled"]
-        assert queue(db, booking) == sorted(rows(events, "pending") + reminders)
+        alerts = [*reminders, ("shop_payment_failed", "email", "pending")]
+        assert queue(db, booking) == sorted(rows(events, "pending") + alerts)
         moved = db.execute(
             "select count(*) from pgnotify.notifications n join booking.bookings b"
             " on b.id = n.booking_id where n.booking_id = %s and n.kind like 'reminder%%'"
@@ -139,7 +142,9 @@ def test_an_application_with_rights_on_its_tables_only_causes_every_notification
         app.execute("update booking.bookings set status = 'cancelled' where id = %s", (booking,))
         assert queue(db, booking) == sorted(
             rows([*events, "booking_cancelled"], "pending")
-            + [(kind, channel, "cancelled") for kind, channel, _ in reminders]
+            + [(kind, channel, "cancelled") for kind, channel, _ in reminders[:3]]
+            + [("shop_booking_cancelled", "email", "pending")]
+            + alerts[3:]
         )
 
         later = make_booking(app, world, status="pending")
@@ -254,7 +259,7 @@ def test_pgnotify_client_reads_the_inbox_and_marks_messages_read(db: Conn, clien
 def test_pgnotify_client_queues_a_notification_by_hand(db: Conn, client_dsn: str) -> None:
     """notify_booking runs as its owner: the rows are queued for the client's booking."""
     with psycopg.connect(client_dsn, autocommit=True) as app:
-        booking = make_booking(app, make_world(app), status="pending")
+        booking = make_booking(app, make_world(app, shop_alerts=True), status="pending")
         (ids,) = app.execute(
             "select pgnotify.notify_booking(%s, 'booking_confirmed', array['email', 'inapp'])",
             (booking,),
