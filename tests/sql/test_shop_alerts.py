@@ -19,9 +19,9 @@ SHOP_EMAIL = "hello@fade.example"
 def alerts(db: Conn, booking: UUID) -> list[tuple[Any, ...]]:
     """(kind, channel, status, recipient, customer_id, payment_id, last_error) of the
     booking's alerts to the shop, in the order they were queued."""
+    columns = ("kind", "channel", "status", "recipient", "customer_id", "payment_id", "last_error")
     return [
-        (r["kind"], r["channel"], r["status"], r["recipient"], r["customer_id"])
-        + (r["payment_id"], r["last_error"])
+        tuple(r[c] for c in columns)
         for r in notifications(db, booking)
         if r["kind"].startswith("shop_")
     ]
