@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from tests.factories import make_booking, make_world
+from tests.factories import make_booking, make_payment, make_world
 from tests.peers.smtp import SmtpPeer
 
 Conn = psycopg.Connection[Any]
@@ -126,7 +126,13 @@ def test_demo_inserts_a_booking_whose_notifications_follow(
     kinds = {
         r[0] for r in db.execute("select kind from pgnotify.notifications where status = 'pending'")
     }
-    assert kinds == {"booking_confirmed", "payment_confirmed", "reminder_24h", "reminder_2h"}
+    assert kinds == {
+        "booking_confirmed",
+        "payment_confirmed",
+        "reminder_24h",
+        "reminder_2h",
+        "shop_booking_confirmed",
+    }
     (due,) = db.execute(
         "select max(run_at - now()) from pgnotify.notifications where status = 'pending'"
     ).fetchone() or (None,)
@@ -160,3 +166,25 @@ def test_render_previews_a_kind_for_a_booking(db: Conn, clean_db: str, tmp_path:
         cwd=tmp_path,
     )
     assert proc.returncode == 1 and "not found" in proc.stderr
+
+
+def test_render_previews_a_shop_alert_as_the_shop_gets_it(
+    db: Conn, clean_db: str, tmp_path: Path
+) -> None:
+    """In the shop's language, to the shop's address, with the payment the alert is about,
+    and no in-app part (a shop has no inbox)."""
+    world = make_world(db, shop_locale="es", customer_locale="en", shop_alerts=True)
+    booking = make_booking(db, world)
+    make_payment(db, booking, status="failed")
+    proc = pgnotify(
+        "render",
+        "shop_payment_failed",
+        "--booking",
+        str(booking),
+        env={"DATABASE_URL": clean_db},
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "== email (es) ==\nTo: Fade & Co <hello@fade.example>" in proc.stdout
+    assert "Importe:    25,00 €" in proc.stdout
+    assert "== sms (es" in proc.stdout and "== inapp" not in proc.stdout

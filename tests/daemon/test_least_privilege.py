@@ -80,18 +80,19 @@ async def test_a_booking_written_by_a_least_privilege_application_is_delivered(
     db: Conn, clean_db: str, daemon_dsn: str, app_dsn: str, tmp_path: Path
 ) -> None:
     """Both sides least privileged: the application's role (booking tables only) books and
-    pays, the daemon's role (pgnotify_daemon only) delivers every channel of both."""
+    pays, the daemon's role (pgnotify_daemon only) delivers every channel of both and the
+    shop's alert."""
     with psycopg.connect(app_dsn, autocommit=True) as app:
         assert app.execute("select has_schema_privilege('pgnotify', 'usage')").fetchone() == (
             False,
         )
-        booking = make_booking(app, make_world(app))
+        booking = make_booking(app, make_world(app, shop_alerts=True))
         make_payment(app, booking)
     async with running(make_settings(daemon_dsn, tmp_path)):
         await count_reaches(
             clean_db,
-            6,
+            7,
             f"booking_id = '{booking}' and status = 'sent'"
-            " and kind in ('booking_confirmed', 'payment_confirmed')",
+            " and kind in ('booking_confirmed', 'payment_confirmed', 'shop_booking_confirmed')",
         )
     assert db.execute("select count(*) from pgnotify.inbox").fetchone() == (2,)
