@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import psycopg
 
@@ -139,16 +140,16 @@ def test_demo_inserts_a_booking_whose_notifications_follow(
     assert due is not None and due.total_seconds() < 30
 
 
+def render(kind: str, booking: UUID, clean_db: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`pgnotify render KIND --booking BOOKING` against the test database."""
+    return pgnotify(
+        "render", kind, "--booking", str(booking), env={"DATABASE_URL": clean_db}, cwd=cwd
+    )
+
+
 def test_render_previews_a_kind_for_a_booking(db: Conn, clean_db: str, tmp_path: Path) -> None:
     booking = make_booking(db, make_world(db, customer_name="<script>x</script>"))
-    proc = pgnotify(
-        "render",
-        "booking_confirmed",
-        "--booking",
-        str(booking),
-        env={"DATABASE_URL": clean_db},
-        cwd=tmp_path,
-    )
+    proc = render("booking_confirmed", booking, clean_db, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "== email" in proc.stdout and "== sms" in proc.stdout and "== inapp" in proc.stdout
     html_path = next(
@@ -157,14 +158,7 @@ def test_render_previews_a_kind_for_a_booking(db: Conn, clean_db: str, tmp_path:
     html = Path(html_path).read_text()
     assert "<script>x</script>" not in html
     assert "&lt;script&gt;" in html
-    proc = pgnotify(
-        "render",
-        "booking_confirmed",
-        "--booking",
-        "00000000-0000-0000-0000-000000000000",
-        env={"DATABASE_URL": clean_db},
-        cwd=tmp_path,
-    )
+    proc = render("booking_confirmed", UUID(int=0), clean_db, tmp_path)
     assert proc.returncode == 1 and "not found" in proc.stderr
 
 
@@ -176,15 +170,8 @@ def test_render_previews_a_shop_alert_as_the_shop_gets_it(
     world = make_world(db, shop_locale="es", customer_locale="en", shop_alerts=True)
     booking = make_booking(db, world)
     make_payment(db, booking, status="failed")
-    proc = pgnotify(
-        "render",
-        "shop_payment_failed",
-        "--booking",
-        str(booking),
-        env={"DATABASE_URL": clean_db},
-        cwd=tmp_path,
-    )
+    proc = render("shop_payment_failed", booking, clean_db, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "== email (es) ==\nTo: Fade & Co <hello@fade.example>" in proc.stdout
-    assert "Importe:    25,00 €" in proc.stdout
+    assert "el pago de 25,00 € de Ana Pérez" in proc.stdout
     assert "== sms (es" in proc.stdout and "== inapp" not in proc.stdout

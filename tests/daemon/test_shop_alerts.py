@@ -77,7 +77,7 @@ async def test_each_alert_reaches_the_shop_in_its_language_and_the_customer_gets
         assert f">{reference}</strong>" in html, kind
     assert str(emails["shop_booking_confirmed"]["Subject"]).startswith("Nueva reserva: Ana Pérez")
     assert "Motivo:     Ill" in parts(emails["shop_booking_cancelled"])[0]
-    assert "Importe:    25,00 €" in parts(emails["shop_payment_failed"])[0]
+    assert "el pago de 25,00 € de Ana Pérez" in parts(emails["shop_payment_failed"])[0]
 
     for kind in ("booking_confirmed", "payment_failed", "booking_cancelled"):
         assert emails[kind]["To"] == "Ana Pérez <ana@example.com>", kind
