@@ -35,6 +35,14 @@ def test_the_customer_locale_wins_over_the_shop_locale_and_falls_back_to_it() ->
     assert build_context(raw(shop={"locale": "es"}, customer={"locale": "en"}))["locale"] == "en"
 
 
+def test_a_message_to_the_shop_is_in_the_shops_language_whatever_the_customers() -> None:
+    shop_es_customer_en = raw(shop={"locale": "es"}, customer={"locale": "en"})
+    ctx = build_context(shop_es_customer_en, audience="shop")
+    assert (ctx["locale"], ctx["date"]) == ("es", "martes, 1 de diciembre de 2026")
+    assert build_context(raw(customer={"locale": "es"}), audience="shop")["locale"] == "en"
+    assert build_context(shop_es_customer_en, audience="shop", locale="en")["locale"] == "en"
+
+
 def test_an_unknown_timezone_falls_back_to_utc_instead_of_crashing() -> None:
     ctx = build_context(raw(shop={"timezone": "Mars/Olympus_Mons"}))
     assert ctx["time"] == "14:30 UTC"
