@@ -39,7 +39,9 @@ with due as (
     from due d
     left join contexts x
            on x.booking_id = d.booking_id and x.payment_id is not distinct from d.payment_id
+    -- The answer to HELP goes despite an opt-out: carriers require it (as `enqueue`).
     left join pgnotify.opt_outs o on o.customer_id = x.customer_id and o.channel = d.channel
+                                 and d.kind <> 'sms_help'
 ), claimed as (
     update pgnotify.notifications n
        set status = 'sending', attempts = n.attempts + 1, claimed_by = $2,
@@ -195,8 +197,8 @@ returning id
 # -- record_opt_out --
 # Twilio said the recipient replied STOP: the triggers must queue no more SMS for them.
 RECORD_OPT_OUT = """
-insert into pgnotify.opt_outs (customer_id, channel, reason)
-select customer_id, $2, $3 from pgnotify.notifications
+insert into pgnotify.opt_outs (customer_id, channel, reason, source)
+select customer_id, $2, $3, '21610' from pgnotify.notifications
 where id = $1 and customer_id is not null
 on conflict do nothing
 """
