@@ -270,7 +270,8 @@ def test_granting_pgnotify_client_grants_no_write_on_the_queue(db: Conn, clean_d
     """Read from the catalog: every privilege `pgnotify_client` holds on pgnotify's tables,
     views and sequences, column by column, is SELECT on the inbox and UPDATE of its
     `read_at`, and INSERT of a reply's fields into `inbound_messages` (never `action` or
-    `handled_at`: the trigger records those); of the functions that write the queue it may call `notify_booking` only."""
+    `handled_at`: the trigger records those); of the functions that write the queue it may
+    call `notify_booking` only."""
     held = db.execute(
         """
         select c.relname, p.priv, a.attname

@@ -178,11 +178,14 @@ def test_a_known_message_sid_is_a_no_op_with_or_without_on_conflict(db: Conn) ->
         " values (%s, 'STOP', 'SM1')",
         (PHONE,),
     )
-    assert db.execute(
-        "insert into pgnotify.inbound_messages (from_address, body, provider_id)"
-        " values (%s, 'STOP', 'SM1') on conflict do nothing returning id",
-        (PHONE,),
-    ).fetchall() == []
+    assert (
+        db.execute(
+            "insert into pgnotify.inbound_messages (from_address, body, provider_id)"
+            " values (%s, 'STOP', 'SM1') on conflict do nothing returning id",
+            (PHONE,),
+        ).fetchall()
+        == []
+    )
     assert db.execute("select count(*) from pgnotify.inbound_messages").fetchone() == (1,)
     assert sms_opt_outs(db) == []  # the retry did not act again
 
