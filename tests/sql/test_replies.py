@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+import threading
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
+from urllib.request import urlopen
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import psycopg
 import pytest
@@ -11,6 +17,7 @@ import pytest
 from tests.factories import make_booking, make_world
 
 Conn = psycopg.Connection[Any]
+EXAMPLE_WEBHOOK = Path(__file__).resolve().parents[2] / "examples" / "twilio_webhook.py"
 
 OPT_OUT_WORDS = ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"]
 PHONE = "+34600111222"
@@ -228,3 +235,35 @@ def test_the_conversation_of_a_number_shows_both_directions_newest_first(db: Con
         ("in", "C", "confirm"),
         ("out", "booking_confirmed", "sent"),
     ]
+
+
+def test_the_example_webhook_records_a_reply_once_however_often_twilio_posts_it(
+    db: Conn, clean_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = make_world(db)
+    spec = importlib.util.spec_from_file_location("twilio_webhook", EXAMPLE_WEBHOOK)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.setenv("DATABASE_URL", clean_db)
+    server = make_server("127.0.0.1", 0, example.app, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    form = urlencode(
+        {"From": PHONE, "To": "+15005550006", "Body": "STOP", "MessageSid": "SMweb"}
+    ).encode()
+    try:
+        for _ in range(2):  # Twilio retries a webhook it did not hear back from
+            with urlopen(f"http://127.0.0.1:{server.server_port}/sms", data=form) as answer:
+                assert (answer.status, answer.read()) == (200, b"<Response/>")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert db.execute(
+        "select from_address, body, provider_id, action from pgnotify.inbound_messages"
+    ).fetchall() == [(PHONE, "STOP", "SMweb", "opt_out")]
+    assert sms_opt_outs(db) == [(world.customer_id, "sms", "keyword")]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log on the test's output."""
