@@ -134,11 +134,13 @@ def test_help_queues_sms_help_about_the_latest_booking_even_after_an_opt_out(
     action, _, detail = reply(db, word, sid="SMhelp")
     assert action == "help" and str(latest) in detail
     rows = db.execute(
-        "select kind, channel, status, recipient, shop_id, occurrence from pgnotify.notifications"
-        " where kind = 'sms_help'"
+        "select kind, channel, status, recipient, shop_id, occurrence, run_at <= now(),"
+        " held_reason from pgnotify.notifications where kind = 'sms_help'"
     ).fetchall()
-    # Carriers require HELP to be answered, opted out or not.
-    assert rows == [("sms_help", "sms", "pending", PHONE, newer.shop_id, "reply:SMhelp")]
+    # Carriers require HELP to be answered, opted out or not; at once, never held.
+    assert rows == [
+        ("sms_help", "sms", "pending", PHONE, newer.shop_id, "reply:SMhelp", True, None)
+    ]
 
 
 def test_help_from_an_unknown_number_queues_nothing_and_says_why(db: Conn) -> None:
