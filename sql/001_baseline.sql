@@ -1691,6 +1691,9 @@ begin
         on pgnotify.notifications to pgnotify_daemon;
     grant select, insert on pgnotify.inbox to pgnotify_daemon;
     grant select, insert on pgnotify.opt_outs to pgnotify_daemon;
+    -- The reply poller (NOTIFICATION_INBOUND_POLL) inserts what Twilio's list shows (its
+    -- trigger records `action` and `handled_at` over whatever an insert says).
+    grant insert on pgnotify.inbound_messages to pgnotify_daemon;
     grant select on pgnotify.kinds, pgnotify.channels, pgnotify.routes,
                     pgnotify.reminder_rules, pgnotify.schema_migrations,
                     pgnotify.status, pgnotify.dead_letters, pgnotify.quiet_hours,
