@@ -314,13 +314,17 @@ class TwilioPeer:
             ]
             return sent + list(self._replies)
 
-    async def _list_messages(self, request: web.Request) -> web.Response:
+    async def _refusal(self, request: web.Request) -> web.Response | None:
+        """Steps 1 and 3 for a GET: 401 unless authenticated, then a programmed answer."""
         self._arrived(request)
         if not self._authorized(request):
             return self._error(401, 20003, "Authenticate")
-        programmed = self._programmed(await self._next_answer())
-        if programmed is not None:
-            return programmed
+        return self._programmed(await self._next_answer())
+
+    async def _list_messages(self, request: web.Request) -> web.Response:
+        refused = await self._refusal(request)
+        if refused is not None:
+            return refused
         q = request.query
         try:
             after = _date_filter(q.get("DateSent>"))
@@ -380,12 +384,9 @@ class TwilioPeer:
         )
 
     async def _fetch_account(self, request: web.Request) -> web.Response:
-        self._arrived(request)
-        if not self._authorized(request):
-            return self._error(401, 20003, "Authenticate")
-        programmed = self._programmed(await self._next_answer())
-        if programmed is not None:
-            return programmed
+        refused = await self._refusal(request)
+        if refused is not None:
+            return refused
         return web.json_response(
             {
                 "sid": self.account_sid,
