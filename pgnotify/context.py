@@ -221,7 +221,8 @@ def build_context(
     ``None``), ``reference`` (``pgnotify.booking_reference``, computed by SQL), ``paid`` and
     ``refunded`` (the booking's succeeded and refunded payments; both shown, zero included,
     when either is not zero, else both ``""``), ``payment_date`` (when the payment reached
-    its status, in the shop's zone). ``locale`` overrides the customer's and the shop's
+    its status, in the shop's zone), ``customer_confirmed`` (the customer replied C: set
+    ``booking.customer_confirmed_at``). ``locale`` overrides the customer's and the shop's
     language (previews). A message to the shop (``audience="shop"``, the shop's alerts) is
     in the shop's language, whatever the customer's.
     """
@@ -277,4 +278,5 @@ def build_context(
         "paid": paid,
         "refunded": refunded,
         "payment_date": format_moment(payment.get("updated_at"), zone, lang) if payment else "",
+        "customer_confirmed": bool(booking.get("customer_confirmed_at")),
     }

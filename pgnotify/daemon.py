@@ -25,10 +25,12 @@ from pgnotify import queries
 from pgnotify.catalog import verify_catalog
 from pgnotify.channels.base import Channel
 from pgnotify.channels.registry import build_channels
+from pgnotify.channels.sms import TwilioChannel
 from pgnotify.compose import Composer
 from pgnotify.db import DB_CONFIGURATION_ERRORS, DB_ERRORS, create_pool
 from pgnotify.errors import InstallationError, SettingsError
 from pgnotify.health import HealthServer
+from pgnotify.inbound import poll_inbound
 from pgnotify.listener import Listener
 from pgnotify.logs import get_logger
 from pgnotify.maintenance import purge_retention, rescue_leases, watchdog
@@ -312,6 +314,9 @@ class Daemon:
             asyncio.create_task(watchdog(rt, self.notifier), name="watchdog"),
             asyncio.create_task(self._queue_usage_loop(rt), name="queue-usage"),
         ]
+        sms = rt.channels.get("sms")
+        if s.NOTIFICATION_INBOUND_POLL > 0 and isinstance(sms, TwilioChannel):
+            background.append(asyncio.create_task(poll_inbound(rt, sms), name="inbound-poller"))
         self.notifier.ready(f"delivering with {s.NOTIFICATION_WORKERS} workers")
         self.ready.set()
         self.log.info("ready", listening=self.listener.connected)

@@ -50,7 +50,9 @@ with due as (
                                  d.starts_at, d.problem, d.email, d.phone, d.user_id,
                                  o.customer_id is not null, o.reason, d.audience) as problem
     from addressed d
+    -- The answer to HELP goes despite an opt-out: carriers require it (as `enqueue`).
     left join pgnotify.opt_outs o on o.customer_id = d.customer_id and o.channel = d.channel
+                                 and d.kind <> 'sms_help'
 ), claimed as (
     update pgnotify.notifications n
        set status = 'sending', attempts = n.attempts + 1, claimed_by = $2,
@@ -203,11 +205,32 @@ update pgnotify.notifications
 returning id
 """
 
+# -- inbound_resume --
+# Where the reply poller resumes: the newest reply pgnotify holds from Twilio, or $1 (a
+# first poll) when it has none. It asks from a little before that, de-duplicating by SID.
+INBOUND_RESUME = """
+select coalesce(max(received_at), $1::timestamptz) from pgnotify.inbound_messages
+where channel = 'sms' and provider_id is not null
+"""
+
+# -- insert_inbound --
+# The replies the poller fetched ($1 SIDs, $2 senders, $3 numbers, $4 bodies, $5 sent
+# times or null for now), one round trip; known SIDs are dropped (the webhook may have
+# inserted them, or an earlier poll). The trigger acts on each new one.
+INSERT_INBOUND = """
+insert into pgnotify.inbound_messages (provider_id, from_address, to_address, body, received_at)
+select sid, sender, number, body, coalesce(sent, now())
+from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+     as m (sid, sender, number, body, sent)
+on conflict do nothing
+returning id
+"""
+
 # -- record_opt_out --
 # Twilio said the recipient replied STOP: the triggers must queue no more SMS for them.
 RECORD_OPT_OUT = """
-insert into pgnotify.opt_outs (customer_id, channel, reason)
-select customer_id, $2, $3 from pgnotify.notifications
+insert into pgnotify.opt_outs (customer_id, channel, reason, source)
+select customer_id, $2, $3, '21610' from pgnotify.notifications
 where id = $1 and customer_id is not null
 on conflict do nothing
 """

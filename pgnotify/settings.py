@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     NOTIFICATION_WORKERS: int = Field(default=3, ge=1, le=256)
     NOTIFICATION_BATCH_SIZE: int = Field(default=10, ge=1, le=10_000)
     NOTIFICATION_POLL_INTERVAL: float = Field(default=10.0, gt=0, le=_HOUR, allow_inf_nan=False)
+    # Seconds between fetches of Twilio's Messages list for replies (pgnotify/inbound.py);
+    # 0, the default, leaves replies to the application's webhook.
+    NOTIFICATION_INBOUND_POLL: float = Field(default=0.0, ge=0, le=_DAY, allow_inf_nan=False)
     NOTIFICATION_MAX_RETRIES: int = Field(default=3, ge=0, le=100)
     NOTIFICATION_RETRY_DELAYS: Annotated[tuple[float, ...], NoDecode] = (60.0, 300.0, 900.0)
     NOTIFICATION_RETENTION_DAYS: int = Field(default=90, ge=1, le=36_500)

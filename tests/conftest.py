@@ -46,7 +46,8 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 _DATA_TABLES = (
-    "pgnotify.inbox, pgnotify.notifications, pgnotify.opt_outs, booking.payments, "
+    "pgnotify.inbox, pgnotify.notifications, pgnotify.opt_outs, pgnotify.inbound_messages, "
+    "booking.payments, "
     "booking.bookings, booking.customers, booking.services, booking.staff, booking.shops"
 )
 
@@ -78,16 +79,28 @@ def _rules_snapshot(database_url: str) -> dict[str, list[tuple[Any, ...]]]:
     with psycopg.connect(database_url) as conn:
         return {
             t: conn.execute(f"select * from {t}").fetchall()
-            for t in ("pgnotify.routes", "pgnotify.reminder_rules")
+            for t in ("pgnotify.routes", "pgnotify.reminder_rules", "pgnotify.quiet_hours")
         }
 
 
-def reset_database(dsn: str, snapshot: dict[str, list[tuple[Any, ...]]]) -> None:
-    """Empty every data table and restore the default routing and reminder rules."""
+# Quiet hours are off in tests unless one asks for them (the `quiet_hours` fixture): the
+# default 21:00-08:00 would make every test that checks a reminder's due time depend on
+# the hour at which it runs.
+_OFF_UNLESS_ASKED = ("pgnotify.quiet_hours",)
+
+
+def reset_database(
+    dsn: str, snapshot: dict[str, list[tuple[Any, ...]]], *, quiet_hours: bool = False
+) -> None:
+    """Empty every data table and restore the default routing and reminder rules (and the
+    default quiet hours if ``quiet_hours``, else none)."""
     with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
-        conn.execute(f"truncate {_DATA_TABLES}, pgnotify.routes, pgnotify.reminder_rules")
+        conn.execute(
+            f"truncate {_DATA_TABLES}, pgnotify.routes, pgnotify.reminder_rules,"
+            " pgnotify.quiet_hours"
+        )
         for table, rows in snapshot.items():
-            if rows:
+            if rows and (quiet_hours or table not in _OFF_UNLESS_ASKED):
                 placeholders = ", ".join(["%s"] * len(rows[0]))
                 with conn.cursor() as cur:
                     cur.executemany(f"insert into {table} values ({placeholders})", rows)
@@ -98,6 +111,15 @@ def clean_db(database_url: str, _rules_snapshot: dict[str, list[tuple[Any, ...]]
     """The session database, emptied before the test: tests run in any order."""
     reset_database(database_url, _rules_snapshot)
     return database_url
+
+
+@pytest.fixture
+def quiet_hours(
+    clean_db: str, _rules_snapshot: dict[str, list[tuple[Any, ...]]]
+) -> list[tuple[Any, ...]]:
+    """The clean database with the quiet hours `pgnotify migrate` installs; their rows."""
+    reset_database(clean_db, _rules_snapshot, quiet_hours=True)
+    return _rules_snapshot["pgnotify.quiet_hours"]
 
 
 @pytest.fixture

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -43,6 +46,49 @@ PERMANENT_CODES = frozenset({21211, 21614, 21408})
 OPT_OUT_CODES = frozenset({21610})
 """The recipient replied STOP: permanent, and no further SMS should be queued."""
 AUTH_CODES = frozenset({20003})
+INBOUND_PAGE_SIZE = 100
+"""Messages per page of the Messages list when polling for replies."""
+
+
+@dataclass(frozen=True)
+class InboundSms:
+    """One reply as the Messages list shows it."""
+
+    sid: str
+    from_address: str
+    to_address: str | None
+    body: str
+    sent_at: datetime | None
+
+
+def inbound_only(
+    records: Iterable[Any], *, number: str | None, service_sid: str | None
+) -> list[InboundSms]:
+    """The replies among Messages list records, oldest first: inbound, with a sender, and
+    to our messaging service when there is one, else to our number."""
+    kept = []
+    for r in records:
+        if not str(getattr(r, "direction", "") or "").startswith("inbound"):
+            continue
+        if not getattr(r, "sid", None) or not getattr(r, "from_", None):
+            continue
+        if service_sid and getattr(r, "messaging_service_sid", None) != service_sid:
+            continue
+        if not service_sid and number and getattr(r, "to", None) != number:
+            continue
+        sent = getattr(r, "date_sent", None)
+        kept.append(
+            InboundSms(
+                sid=str(r.sid),
+                from_address=str(r.from_),
+                to_address=str(r.to) if getattr(r, "to", None) else None,
+                body=str(getattr(r, "body", "") or ""),
+                sent_at=sent if isinstance(sent, datetime) else None,
+            )
+        )
+    epoch = datetime.min.replace(tzinfo=UTC)
+    return sorted(kept, key=lambda m: (m.sent_at or epoch, m.sid))
+
 
 _retry_after: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "pgnotify_twilio_retry_after", default=None
@@ -148,6 +194,21 @@ class TwilioChannel:
             params["from_"] = self.from_number
         result = await self._call(lambda: self._twilio().messages.create_async(**params))
         return Receipt(provider_id=str(result.sid))
+
+    async def list_inbound(self, since: datetime) -> list[InboundSms]:
+        """The messages our number (or messaging service) received since ``since``, every
+        page of Twilio's Messages list, oldest first; raises a classified error.
+
+        With a phone number the list is asked for messages sent to it; a messaging service
+        has no such filter, so its own are kept by ``messaging_service_sid``.
+        """
+        params: dict[str, Any] = {"date_sent_after": since, "page_size": INBOUND_PAGE_SIZE}
+        if not self.messaging_service_sid:
+            params["to"] = self.from_number
+        records = await self._call(lambda: self._twilio().messages.list_async(**params))
+        return inbound_only(
+            records, number=self.from_number, service_sid=self.messaging_service_sid
+        )
 
     async def check(self) -> str:
         """Fetch our account; one line starting with OK or FAIL."""

@@ -283,3 +283,22 @@ def test_preview_prints_subject_text_and_writes_the_html(
     assert "== sms (es, 1 segment(s), GSM-7" in out and "== inapp (es) ==" in out
     (html_file,) = tmp_path.glob("*.html")
     assert f"HTML: {html_file}" in out and "<!DOCTYPE html>" in html_file.read_text()
+
+
+@pytest.mark.parametrize(
+    ("locale", "line"),
+    [("en", "You confirmed your attendance."), ("es", "Has confirmado tu asistencia.")],
+)
+def test_booking_emails_say_the_customer_confirmed_once_they_replied_c(
+    composer: Composer, locale: str, line: str
+) -> None:
+    confirmed = raw(
+        customer={"locale": locale},
+        booking={"customer_confirmed_at": "2027-05-09T18:02:00+00:00"},
+    )
+    for kind in ("reminder_24h", "reminder_2h", "booking_rescheduled"):
+        shown = composer.compose(claimed(kind, context=confirmed))
+        silent = composer.compose(claimed(kind, context=raw(customer={"locale": locale})))
+        assert isinstance(shown, EmailMessage) and isinstance(silent, EmailMessage)
+        assert line in shown.text and line in shown.html, kind
+        assert line not in silent.text and line not in silent.html, kind

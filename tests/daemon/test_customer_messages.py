@@ -1,7 +1,8 @@
 """What the customer reads, through a real daemon, the SMTP peer and the Twilio-shaped peer
 (CONTRACT.md §6): refunds state their amount, cancellations what was paid and refunded,
 every booking email its reference, the receipt its date and provider, and the SMS say
-STOP, never CANCEL, the time and address, arrive on time, in at most two segments."""
+STOP, never CANCEL, the time and address, arrive on time, the reminders "Reply C to
+confirm" (CONTRACT.md §7), in at most two segments."""
 
 from __future__ import annotations
 
@@ -264,6 +265,7 @@ ORDINARY = {
 }
 OPT_OUT = {"en": "Reply STOP to opt out.", "es": "Responde STOP para darte de baja."}
 ON_TIME = {"en": "Please arrive on time.", "es": "Por favor, llega puntual."}
+REPLY_C = {"en": "Reply C to confirm.", "es": "Responde C para confirmar."}
 AMOUNTS = {"en": ("€25.00", "€10.00"), "es": ("25,00 €", "10,00 €")}
 
 
@@ -286,8 +288,13 @@ async def test_the_sms_say_stop_never_cancel_time_address_and_on_time_in_two_seg
         seg = count_segments(body)
         assert (seg.encoding, seg.segments <= 2) == ("GSM-7", True), (kind, seg, body)
         assert not re.search(r"\bcancel\b", body, re.IGNORECASE), (kind, body)
+        # Only STOP and C, the keywords pgnotify acts on; never YES (ambiguous to carriers).
         for reply in re.findall(r"\b(?:reply|responde)\s+(\S+)", body, re.IGNORECASE):
-            assert reply == "STOP", (kind, body)
+            assert reply in {"STOP", "C"}, (kind, body)
+        assert ("C" in re.findall(r"\b(?:reply|responde)\s+(\S+)", body, re.IGNORECASE)) is (
+            kind.startswith("reminder_")
+        ), (kind, body)
+        assert not re.search(r"\byes\b", body, re.IGNORECASE), (kind, body)
 
     (starts_at,) = db.execute(
         "select starts_at from booking.bookings where id = %s", (booking,)
@@ -300,5 +307,6 @@ async def test_the_sms_say_stop_never_cancel_time_address_and_on_time_in_two_seg
     assert bodies["booking_confirmed"].endswith(OPT_OUT[locale])
     assert clock in bodies["reminder_24h"] and address in bodies["reminder_24h"]
     assert clock in bodies["reminder_2h"] and bodies["reminder_2h"].endswith(ON_TIME[locale])
+    assert REPLY_C[locale] in bodies["reminder_24h"] and REPLY_C[locale] in bodies["reminder_2h"]
     assert refunded in bodies["payment_refunded"]
     assert paid in bodies["booking_cancelled"] and refunded in bodies["booking_cancelled"]

@@ -3,7 +3,11 @@
 ``TwilioPeer`` runs an aiohttp application on 127.0.0.1 (free port) in its own thread and
 loop, so it keeps answering whatever the test's loop is doing. It serves
 ``POST /2010-04-01/Accounts/{sid}/Messages.json`` (201 and a ``SM...`` sid, recording
-To/From/Body/MessagingServiceSid and arrival time) and ``GET /2010-04-01/Accounts/{sid}.json``.
+To/From/Body/MessagingServiceSid and arrival time), ``GET /2010-04-01/Accounts/{sid}.json``,
+and ``GET /2010-04-01/Accounts/{sid}/Messages.json``: the Messages list, as Twilio pages it
+(newest first; ``To``, ``From``, ``DateSent``, ``DateSent>``, ``DateSent<`` filters;
+``PageSize`` up to ``max_page_size``, ``Page``; ``next_page_uri`` and the other paging
+fields), holding the messages sent through it and the replies a test adds (``receive``).
 
 Each request is handled in Twilio's order:
 
@@ -32,7 +36,10 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import BasicAuth, web
 
@@ -104,6 +111,8 @@ class TwilioPeer:
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []
         self._messages: list[ReceivedSms] = []
+        self._replies: list[dict[str, Any]] = []
+        self.max_page_size = 1000
         self._answers: deque[_Answer] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -114,6 +123,31 @@ class TwilioPeer:
     def messages(self) -> list[ReceivedSms]:
         with self.lock:
             return list(self._messages)
+
+    def receive(
+        self,
+        from_: str,
+        body: str,
+        *,
+        to: str | None = "+15005550006",
+        sent: datetime | None = None,
+        messaging_service_sid: str | None = None,
+    ) -> str:
+        """A customer's reply arrives at Twilio; returns its MessageSid."""
+        sid = "SM" + uuid.uuid4().hex
+        with self.lock:
+            self._replies.append(
+                {
+                    "sid": sid,
+                    "from": from_,
+                    "to": to,
+                    "body": body,
+                    "messaging_service_sid": messaging_service_sid,
+                    "direction": "inbound",
+                    "date_sent": sent or datetime.now(UTC),
+                }
+            )
+        return sid
 
     def answer_next(
         self,
@@ -173,6 +207,7 @@ class TwilioPeer:
         self._loop = loop
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._create_message)
+        app.router.add_get("/2010-04-01/Accounts/{sid}/Messages.json", self._list_messages)
         app.router.add_get("/2010-04-01/Accounts/{sid}.json", self._fetch_account)
         self._runner = web.AppRunner(app, access_log=None)
         loop.run_until_complete(self._runner.setup())
@@ -263,13 +298,95 @@ class TwilioPeer:
             status=201,
         )
 
-    async def _fetch_account(self, request: web.Request) -> web.Response:
+    def _all_messages(self) -> list[dict[str, Any]]:
+        with self.lock:
+            sent = [
+                {
+                    "sid": m.sid,
+                    "from": m.from_,
+                    "to": m.to,
+                    "body": m.body,
+                    "messaging_service_sid": m.messaging_service_sid,
+                    "direction": "outbound-api",
+                    "date_sent": datetime.fromtimestamp(m.wall, UTC),
+                }
+                for m in self._messages
+            ]
+            return sent + list(self._replies)
+
+    async def _refusal(self, request: web.Request) -> web.Response | None:
+        """Steps 1 and 3 for a GET: 401 unless authenticated, then a programmed answer."""
         self._arrived(request)
         if not self._authorized(request):
             return self._error(401, 20003, "Authenticate")
-        programmed = self._programmed(await self._next_answer())
-        if programmed is not None:
-            return programmed
+        return self._programmed(await self._next_answer())
+
+    async def _list_messages(self, request: web.Request) -> web.Response:
+        refused = await self._refusal(request)
+        if refused is not None:
+            return refused
+        q = request.query
+        try:
+            after = _date_filter(q.get("DateSent>"))
+            before = _date_filter(q.get("DateSent<"))
+            on = _date_filter(q.get("DateSent"))
+            page = int(q.get("Page", "0"))
+            size = min(int(q.get("PageSize", "50")), self.max_page_size)
+        except ValueError:
+            return self._error(400, 20001, "Invalid parameter")
+        chosen = [
+            m
+            for m in self._all_messages()
+            if ("To" not in q or m["to"] == q["To"])
+            and ("From" not in q or m["from"] == q["From"])
+            and (after is None or m["date_sent"] >= after)
+            and (before is None or m["date_sent"] <= before)
+            and (on is None or m["date_sent"].date() == on.date())
+        ]
+        chosen.sort(key=lambda m: m["date_sent"], reverse=True)  # Twilio: newest first
+        start = page * size
+        shown = chosen[start : start + size]
+        path = request.path
+        filters = {k: v for k, v in q.items() if k not in ("Page", "PageSize", "PageToken")}
+
+        def uri(n: int) -> str:
+            return f"{path}?{urlencode({**filters, 'PageSize': size, 'Page': n})}"
+
+        sid = request.match_info["sid"]
+        return web.json_response(
+            {
+                "messages": [
+                    {
+                        "sid": m["sid"],
+                        "account_sid": sid,
+                        "from": m["from"],
+                        "to": m["to"],
+                        "body": m["body"],
+                        "messaging_service_sid": m["messaging_service_sid"],
+                        "direction": m["direction"],
+                        "status": "received" if m["direction"] == "inbound" else "sent",
+                        "num_segments": "1",
+                        "date_sent": format_datetime(m["date_sent"]),
+                        "api_version": "2010-04-01",
+                        "uri": f"/2010-04-01/Accounts/{sid}/Messages/{m['sid']}.json",
+                    }
+                    for m in shown
+                ],
+                "page": page,
+                "page_size": size,
+                "start": start,
+                "end": start + len(shown) - 1 if shown else start,
+                "uri": uri(page),
+                "first_page_uri": uri(0),
+                "previous_page_uri": uri(page - 1) if page > 0 else None,
+                "next_page_uri": uri(page + 1) if start + size < len(chosen) else None,
+            }
+        )
+
+    async def _fetch_account(self, request: web.Request) -> web.Response:
+        refused = await self._refusal(request)
+        if refused is not None:
+            return refused
         return web.json_response(
             {
                 "sid": self.account_sid,
@@ -278,3 +395,12 @@ class TwilioPeer:
                 "type": "Full",
             }
         )
+
+
+def _date_filter(value: str | None) -> datetime | None:
+    """A DateSent filter as Twilio accepts it: ``YYYY-MM-DD`` or ISO 8601 with ``Z``."""
+    if value is None:
+        return None
+    if len(value) == 10:
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))

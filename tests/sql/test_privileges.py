@@ -274,7 +274,9 @@ def test_pgnotify_client_queues_a_notification_by_hand(db: Conn, client_dsn: str
 def test_granting_pgnotify_client_grants_no_write_on_the_queue(db: Conn, clean_db: str) -> None:
     """Read from the catalog: every privilege `pgnotify_client` holds on pgnotify's tables,
     views and sequences, column by column, is SELECT on the inbox and UPDATE of its
-    `read_at`; of the functions that write the queue it may call `notify_booking` only."""
+    `read_at`, and INSERT of a reply's fields into `inbound_messages` (never `action` or
+    `handled_at`: the trigger records those); of the functions that write the queue it may
+    call `notify_booking` only."""
     held = db.execute(
         """
         select c.relname, p.priv, a.attname
@@ -304,9 +306,21 @@ def test_granting_pgnotify_client_grants_no_write_on_the_queue(db: Conn, clean_d
             " and attnum > 0 and not attisdropped"
         )
     }
-    assert {(rel, priv) for rel, priv, _ in held} == {("inbox", "SELECT"), ("inbox", "UPDATE")}
+    assert {(rel, priv) for rel, priv, _ in held} == {
+        ("inbox", "SELECT"),
+        ("inbox", "UPDATE"),
+        ("inbound_messages", "INSERT"),
+    }
     assert {col for _, priv, col in held if priv == "SELECT"} == inbox_columns
     assert [col for _, priv, col in held if priv == "UPDATE"] == ["read_at"]
+    assert sorted(col for rel, priv, col in held if priv == "INSERT") == [
+        "body",
+        "channel",
+        "from_address",
+        "provider_id",
+        "received_at",
+        "to_address",
+    ]
     callable_writers = [
         name
         for signature, name, *_ in queue_writers(db)
