@@ -26,7 +26,8 @@ class Catalog:
 
 @dataclass(frozen=True, slots=True)
 class ClaimedNotification:
-    """A row of ``pgnotify.notifications`` this daemon holds in ``sending``.
+    """A row of ``pgnotify.notifications`` this daemon holds: email and SMS rows in
+    ``sending`` under a lease, in-app rows locked by the claim's open transaction.
 
     ``context`` is the raw rendering context loaded for the whole batch in one query
     (see ``queries.py``: booking, shop, staff, service, customer, payment as dicts), or
@@ -46,3 +47,5 @@ class ClaimedNotification:
     stale_reason: str | None = None
     # The invitation's SEQUENCE, frozen into the row when it was queued (None: no ICS).
     ics_sequence: int | None = None
+    # The booking's customer when claimed (recorded with the outcome of an in-app row).
+    customer_id: UUID | None = None

@@ -1,0 +1,84 @@
+"""In-app rows are delivered in the claim's transaction: one write per row, never `sending`.
+
+Issue 15: the in-app path paid two updates per row (the claim's lease, then `sent`). A
+trigger on this test's database records every status change of the queue, so the test
+sees each write the daemon made, not only where the rows ended.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from tests.daemon.harness import count_reaches, make_settings, running
+from tests.factories import make_booking, make_world
+
+Conn = psycopg.Connection[Any]
+
+RECORD_TRANSITIONS = """
+create table public.transitions (id bigint, channel text, old_status text, new_status text);
+grant insert on public.transitions to public;
+create function public.record_transition() returns trigger language plpgsql as $$
+begin
+    insert into public.transitions values (new.id, new.channel, old.status, new.status);
+    return null;
+end $$;
+create trigger record_transition after update on pgnotify.notifications
+    for each row when (old.status is distinct from new.status)
+    execute function public.record_transition();
+"""
+
+
+def inapp_row(db: Conn, booking: UUID) -> tuple[int, str, str | None]:
+    row = db.execute(
+        "select id, status, last_error from pgnotify.notifications"
+        " where booking_id = %s and channel = 'inapp'",
+        (booking,),
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1], row[2]
+
+
+async def test_inapp_rows_are_written_once_and_a_failing_render_fails_alone(
+    db: Conn, clean_db: str, tmp_path: Path
+) -> None:
+    """Each in-app row changes status exactly once, from `pending` to where it ends, and
+    never passes through `sending`; a shop whose in-app template does not compile fails
+    its own row with the error, a customer who lost their user since the row was queued
+    is skipped with the reason, and every other row is sent with its inbox message."""
+    db.execute(RECORD_TRANSITIONS)
+    root = tmp_path / "templates"
+    good = [make_world(db, shop_name=f"Shop {i}", email=None, phone=None) for i in range(3)]
+    broken = make_world(db, shop_name="Broken", email=None, phone=None)
+    title = root / "shops" / str(broken.shop_id) / "en" / "booking_confirmed" / "inapp_title.txt"
+    title.parent.mkdir(parents=True)
+    title.write_text("{% if %}")
+    gone = make_world(db, shop_name="Gone", email=None, phone=None)
+    sent = [make_booking(db, world) for world in good for _ in range(4)]
+    failing = make_booking(db, broken)
+    skipped = make_booking(db, gone)
+    db.execute("update booking.customers set user_id = null where id = %s", (gone.customer_id,))
+
+    settings = make_settings(
+        clean_db, tmp_path / "outbox", NOTIFICATION_TEMPLATES_DIR=root, NOTIFICATION_BATCH_SIZE=5
+    )
+    async with running(settings):
+        await count_reaches(clean_db, len(sent) + 2, "channel = 'inapp' and status <> 'pending'")
+
+    assert {inapp_row(db, b)[1] for b in sent} == {"sent"}
+    nid, status, error = inapp_row(db, failing)
+    assert status == "failed" and "syntax error" in str(error) and str(title) in str(error)
+    sid, status, reason = inapp_row(db, skipped)
+    assert status == "skipped" and reason
+    transitions = db.execute(
+        "select id, old_status, new_status from public.transitions where channel = 'inapp'"
+    ).fetchall()
+    ids = [inapp_row(db, b)[0] for b in sent]
+    expected = {(i, "pending", "sent") for i in ids}
+    expected |= {(nid, "pending", "failed"), (sid, "pending", "skipped")}
+    assert sorted(transitions) == sorted(expected)
+    inbox = db.execute("select notification_id from pgnotify.inbox").fetchall()
+    assert sorted(i for (i,) in inbox) == sorted(ids)
