@@ -186,11 +186,13 @@ select c.id from changed c, woken
 """
 
 # -- next_run_at --
-# When the scheduler should look again: the earliest pending run_at (partial index).
+# When the scheduler should look again: the earliest pending run_at (partial index), and
+# whether the queue's triggers send wake-ups (pgnotify.settings; no row counts as on).
 NEXT_RUN_AT = """
-select extract(epoch from (min(run_at) - now()))::float8
-from pgnotify.notifications
-where status = 'pending' and channel <> all ($1::text[])
+select (select extract(epoch from (min(run_at) - now()))::float8
+        from pgnotify.notifications
+        where status = 'pending' and channel <> all ($1::text[])) as due_in,
+       coalesce((select wakeup_notify from pgnotify.settings), true) as wakeup_notify
 """
 
 # -- rescue_expired_leases --

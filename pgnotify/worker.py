@@ -244,6 +244,7 @@ class Worker:
         batch = to_claimed(rows)
         if not batch:
             return None
+        rt.stats.last_work_at = time.time()
         self.log.debug("claimed", count=len(batch), ids=[n.id for n in batch])
         inapp = [n for n in batch if n.channel == INAPP]
         leased = [n for n in batch if n.channel != INAPP]

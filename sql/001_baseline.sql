@@ -847,14 +847,29 @@ create trigger notifications_freeze_ics_sequence
           and new.kind in ('booking_confirmed', 'booking_rescheduled', 'booking_cancelled'))
     execute function pgnotify.freeze_ics_sequence();
 
+-- Operator switches, one typed row (the check on `one` keeps it one). `wakeup_notify`:
+-- NOTIFY takes a global lock at commit, which serialises an application committing many
+-- thousands of transactions a second; with it false the queue's triggers send no wake-up
+-- and the daemon polls instead (50 ms while it finds work, doubling to
+-- NOTIFICATION_POLL_INTERVAL while idle). The operator flips it with an UPDATE; the daemon
+-- reads it on each of its scheduler's polls.
+create table pgnotify.settings (
+    one           boolean primary key default true check (one),
+    wakeup_notify boolean not null default true
+);
+insert into pgnotify.settings default values;
+
 -- Wake the daemon. One constant payload on one channel: Postgres folds a transaction's
 -- identical notifications into one, and the commit-time lock that NOTIFY takes is held
 -- once per transaction, not once per row. The daemon re-reads what is due on each wake-up.
+-- Unless the operator turned wake-ups off (pgnotify.settings; no row counts as on).
 create function pgnotify.wake() returns trigger
 language plpgsql
 as $$
 begin
-    perform pg_notify('pgnotify', 'wake');
+    if (select s.wakeup_notify from pgnotify.settings s) is not false then
+        perform pg_notify('pgnotify', 'wake');
+    end if;
     return null;
 end
 $$;
@@ -1301,7 +1316,8 @@ begin
     grant select, insert on pgnotify.opt_outs to pgnotify_daemon;
     grant select on pgnotify.kinds, pgnotify.channels, pgnotify.routes,
                     pgnotify.reminder_rules, pgnotify.schema_migrations,
-                    pgnotify.status, pgnotify.dead_letters to pgnotify_daemon;
+                    pgnotify.status, pgnotify.dead_letters, pgnotify.settings
+        to pgnotify_daemon;
     grant execute on function pgnotify.purge, pgnotify.purge_inbox, pgnotify.retry
         to pgnotify_daemon;
 end
