@@ -41,10 +41,10 @@ from pgnotify.wakeup import Doorbell
 
 # At shutdown, how long outcomes may still try to reach an unreachable database.
 STOP_RECORD_GRACE = 5.0
-# A connection of the pool, as ``pool.acquire()`` hands it out.
-Conn = asyncpg.Connection | PoolConnectionProxy
 # How long cancelled sends may take to close their connections.
 SETTLE_TIMEOUT = 5.0
+# A connection of the pool, as ``pool.acquire()`` hands it out.
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 
 def to_claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
