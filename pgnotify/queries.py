@@ -150,7 +150,8 @@ returning n.id
 # `pending`; a `sent` one also gets its inbox message ($6..$8) in the same statement, and
 # each user with a new message is NOTIFYed once on pgnotify_inbox, so the application can
 # push it live. $9, $10: the customer and recipient the claim resolved; $11 the daemon
-# (recorded in `claimed_by`: which daemon delivered it).
+# (recorded in `claimed_by`: which daemon delivered it). Its times are this statement's,
+# not the transaction's `now()`, which is the claim's: rendering came in between.
 FINISH_INAPP = """
 with u as (
     select *
@@ -168,13 +169,13 @@ with u as (
     update pgnotify.notifications n
        set status = u.status,
            run_at = case when u.delay is null then n.run_at
-                         else now() + make_interval(secs => u.delay) end,
+                         else statement_timestamp() + make_interval(secs => u.delay) end,
            attempts = case when u.release then n.attempts else n.attempts + 1 end,
            last_error = u.last_error,
            provider_id = coalesce('inbox:' || i.id, n.provider_id),
-           sent_at = case when u.status = 'sent' then now() else n.sent_at end,
+           sent_at = case when u.status = 'sent' then statement_timestamp() else n.sent_at end,
            customer_id = u.customer_id, recipient = u.recipient, claimed_by = $11,
-           lease_until = null, updated_at = now()
+           lease_until = null, updated_at = statement_timestamp()
       from u left join inserted i on i.notification_id = u.id
      where n.id = u.id and n.status = 'pending'
     returning n.id
