@@ -60,7 +60,7 @@ demo: $(STAMP) ## insert a demo booking 25 s ahead (--fast) into the database ma
 migrate: $(STAMP) ## apply sql/ to DATABASE_URL
 	$(BIN)/pgnotify migrate
 
-bench: $(STAMP) ## measure trigger overhead, drain rate, latency and memory (not part of test)
+bench: $(STAMP) ## measure triggers, drain rates (1-3 daemons), NOTIFY on/off, latency, memory; PGNOTIFY_BENCH_QUICK=1: a quick check
 	$(BIN)/python -m benchmarks.bench
 
 soak: $(STAMP) ## 10 minutes of traffic with random faults; prints sent/failed/duplicates/lost/RSS

@@ -9,8 +9,13 @@ It creates its own database (``devcluster.fresh_database``) on the server
   10,000 single-row INSERTs);
 - the bare claim+complete loop over 30,000 pending rows (the ceiling), 1 and 4 connections;
 - drain rate of 30,000 due notifications (in-app; email+SMS to the outbox) by ``pgnotify
-  run`` processes for workers × batch in {1×10, 3×10, 4×100} and two daemons of 4×100,
-  with the daemon's and Postgres' CPU per notification;
+  run`` processes for workers × batch in {1×10, 3×10, 4×100}, and by two and three daemons
+  of 4×100 each with its share of the rows (``claimed_by``), with the daemons' and
+  Postgres' CPU per notification and what the backends waited on meanwhile (sampled from
+  ``pg_stat_activity`` and ``pg_locks``); the in-app 4×100 drain as a ratio of the bare
+  loop of the same run;
+- commits/s of single-row booking INSERTs from 8 connections with the wake-up NOTIFY on
+  and off (``pgnotify.settings.wakeup_notify``);
 - latency from a booking's COMMIT to the SMTP / Twilio-shaped server receiving the message,
   at 200 bookings/s for 20 s;
 - the daemon's RSS after 10,000 and 100,000 notifications, and its peak;
@@ -21,7 +26,9 @@ It creates its own database (``devcluster.fresh_database``) on the server
 Every figure gets one run first; then, while the time budget (``--budget``, default 240 s
 of measuring) allows, the most important figures get a second and a third, and each is
 reported as the median with the spread (min–max) and its number of runs. ``--quick``
-does one run of each.
+(or ``PGNOTIFY_BENCH_QUICK=1``, as ``make bench`` passes it on) does one run of each, over
+a fifth of the rows and a quarter of the time, and skips the memory run: it checks that
+the benchmark works, its figures are not comparable with a full run's.
 """
 
 from __future__ import annotations
@@ -72,7 +79,11 @@ DRAIN_CONFIGS = (
     ("3x10", 3, 10, 1),
     ("4x100", 4, 100, 1),
     ("2d4x100", 4, 100, 2),
+    ("3d4x100", 4, 100, 3),
 )
+COMMIT_CONNECTIONS = 8
+COMMIT_SECONDS = 5.0
+QUICK_ENV = "PGNOTIFY_BENCH_QUICK"
 
 
 # -- figures ----------------------------------------------------------------------------
@@ -366,6 +377,11 @@ class Bench:
         self.problems: list[str] = []
         self.disturbances: list[str] = []
         self.jobs_by_name: dict[str, Job] = {}
+        # Sizes: a quick run checks that everything works, on a fraction of the work.
+        quick = bool(args.quick)
+        self.rows = ROWS // 5 if quick else ROWS
+        self.latency_seconds = LATENCY_SECONDS / 4 if quick else LATENCY_SECONDS
+        self.commit_seconds = COMMIT_SECONDS / 4 if quick else COMMIT_SECONDS
 
     def disturbed(self, what: str, cpu: dict[str, float]) -> None:
         """Note a measurement during which other processes used a noticeable share of CPU."""
@@ -432,7 +448,7 @@ class Bench:
 
     async def bare(self, loops: int) -> dict[str, Any]:
         r = await measure.bare_loop(
-            self.c, self.url, rows=ROWS, batch=100, loops=loops, dbname=self.dbname
+            self.c, self.url, rows=self.rows, batch=100, loops=loops, dbname=self.dbname
         )
         label = f"bare claim+complete loop, batch 100, {loops} connection{'s' * (loops > 1)}"
         self.fig(f"bare_{loops}", label, "/s").values.append(r["rows_per_s"])
@@ -460,14 +476,15 @@ class Bench:
             settings,
             self.workdir / f"drain-{kind}-{label}-{log_level}",
             daemons=daemons,
-            rows=ROWS,
+            rows=self.rows,
             channels=channels,
             runs=1,
+            url=self.url,
             dbname=self.dbname,
             fresh_stats=fresh_stats,
         )
         what = "in-app" if kind == "inapp" else "email+SMS→outbox"
-        who = f"2 daemons × {workers}×{batch}" if daemons == 2 else f"{workers}×{batch}"
+        who = f"{daemons} daemons × {workers}×{batch}" if daemons > 1 else f"{workers}×{batch}"
         suffix = "" if log_level == "warning" else f", log {log_level}"
         key = f"drain_{kind}_{label}" + ("" if log_level == "warning" else f"_{log_level}")
         if fresh_stats:
@@ -478,13 +495,30 @@ class Bench:
         fig = self.fig(key, f"drain {what}, {who}{suffix}", "/s", target=target)
         fig.values.extend(r["per_s"])
         run = r["runs"][0]
-        if label == "4x100":
+        if batch == 100:
             self.fig(
                 key + "_cpu", f"  daemon CPU per notification ({who}{suffix})", "µs"
             ).values.append(run["cpu"]["daemon_us_per_item"])
             self.fig(
                 key + "_cpu_pg", f"  Postgres CPU per notification ({who}{suffix})", "µs"
             ).values.append(run["cpu"]["postgres_us_per_item"])
+            waits = run["waits"]
+            sampled = self.fig(
+                key + "_lock_waits", f"  backends waiting on a lock or LWLock ({who}{suffix})", "%"
+            )
+            sampled.values.append(waits["lock_wait_share"])
+            sampled.note = "last run: " + measure.describe_waits(waits)
+        if daemons > 1:
+            shares = sorted(
+                (n / run["rows"] * 100 for n in run["per_daemon"].values()), reverse=True
+            )
+            share = self.fig(
+                key + "_share",
+                f"  smallest daemon's share of the rows ({who}; even: {100 / daemons:.0f}%)",
+                "%",
+            )
+            share.values.append(min(shares, default=0.0) if len(shares) == daemons else 0.0)
+            share.note = "last run, each daemon's share: " + " / ".join(f"{x:.0f}%" for x in shares)
         self.disturbed(f"drain {what} {who}{suffix}", run["cpu"])
         for p in run["problems"]:
             self.problems.append(f"drain {what} {who}{suffix}: {p}")
@@ -521,7 +555,7 @@ class Bench:
                 self.smtp,
                 self.twilio,
                 rate=LATENCY_RATE,
-                seconds=LATENCY_SECONDS,
+                seconds=self.latency_seconds,
                 offset=self.latency_offset,
             )
             r.pop("commit_walls")
@@ -529,7 +563,7 @@ class Bench:
             self.disturbed("latency", r["cpu_per_booking"])
         finally:
             code = await daemon.stop()
-        self.latency_offset += int(LATENCY_RATE * LATENCY_SECONDS)
+        self.latency_offset += int(LATENCY_RATE * self.latency_seconds)
         r["exit_code"] = code
         r["log_anomalies"] = daemon.anomalies()
         for ch, name in (("email+sms", "email+SMS"), ("email", "email"), ("sms", "SMS")):
@@ -540,7 +574,8 @@ class Bench:
                     "ms",
                     target=("<=", bound) if bound is not None else None,
                     note="daemon 3×10 (the defaults), log level info, SMTP_SECURITY=none; "
-                    "200 bookings/s × 20 s, each booking = 1 email + 1 SMS + 1 in-app"
+                    f"200 bookings/s × {self.latency_seconds:g} s, each booking = 1 email + 1 SMS"
+                    " + 1 in-app"
                     if ch == "email+sms" and q == "p50"
                     else "",
                 ).values.append(r[ch][q])
@@ -548,7 +583,7 @@ class Bench:
             self.fig(
                 f"latency_inapp_{q}", f"latency commit→sent_at in-app {q}", "ms"
             ).values.append(r["inapp"][q])
-        expected = int(LATENCY_RATE * LATENCY_SECONDS)
+        expected = int(LATENCY_RATE * self.latency_seconds)
         for ch in ("email", "sms", "inapp"):
             if r[ch]["count"] != expected:
                 self.problems.append(
@@ -586,7 +621,7 @@ class Bench:
         return r
 
     async def postgres(self) -> dict[str, Any]:
-        claim = await probes.claim_probe(self.c, backlog=ROWS, batch=100)
+        claim = await probes.claim_probe(self.c, backlog=self.rows, batch=100)
         funcs = await probes.per_row_functions(self.c)
         planning = await probes.planning_ms(self.c)
         for name, ms in planning.items():
@@ -598,7 +633,8 @@ class Bench:
         stale = claim["stale_stats"]["claim_due"]
         self.fig(
             "claim_due_ms_stale",
-            "EXPLAIN ANALYZE queries.CLAIM_DUE, 100 of 30,000, statistics predating the burst",
+            f"EXPLAIN ANALYZE queries.CLAIM_DUE, 100 of {self.rows:,}, statistics predating"
+            " the burst",
             "ms",
             note=f"indexes {', '.join(stale['indexes'])}; the plan: "
             + " / ".join(line.strip() for line in claim["stale_stats"]["claim_due_plan"][:5]),
@@ -607,7 +643,7 @@ class Bench:
             c = claim[phase]["claim_due"]
             self.fig(
                 f"claim_due_ms_{phase}",
-                f"EXPLAIN ANALYZE queries.CLAIM_DUE, 100 of 30,000 ({label})",
+                f"EXPLAIN ANALYZE queries.CLAIM_DUE, 100 of {self.rows:,} ({label})",
                 "ms",
                 note=f"indexes {', '.join(c['indexes'])}; seq scans: "
                 f"{', '.join(c['seq_scans']) or 'none'}"
@@ -616,19 +652,19 @@ class Bench:
             ).values.append(c["execution_ms"])
             self.fig(
                 f"bare_claim_ms_{phase}",
-                f"EXPLAIN ANALYZE bare claim, 100 of 30,000 ({label})",
+                f"EXPLAIN ANALYZE bare claim, 100 of {self.rows:,} ({label})",
                 "ms",
             ).values.append(claim[phase]["bare_claim"]["execution_ms"])
         generic = claim["generic_plan"]
         self.fig(
             "claim_due_generic_ms",
-            "EXPLAIN ANALYZE CLAIM_DUE, 10 of 30,000, if Postgres picks the generic plan",
+            f"EXPLAIN ANALYZE CLAIM_DUE, 10 of {self.rows:,}, if Postgres picks the generic plan",
             "ms",
             note=f"custom plan {generic['custom_execution_ms']:.2f} ms; the generic plan"
             f" seq-scans: {', '.join(generic['seq_scans']) or 'nothing'}",
         ).values.append(generic["execution_ms"])
         for name, label in (
-            ("deliver_inapp", "DELIVER_INAPP"),
+            ("finish_inapp", "FINISH_INAPP"),
             ("record_outcomes", "RECORD_OUTCOMES"),
         ):
             after = claim["after_claim"][name]
@@ -649,6 +685,34 @@ class Bench:
             f" {funcs['context_bytes']:,.0f} bytes of context JSON per booking",
         ).values.append(funcs["render_contexts_us"])
         return {"claim": claim, "functions": funcs, "planning_ms": planning}
+
+    async def commits(self, notify: bool) -> dict[str, Any]:
+        r = await measure.commit_rate(
+            self.c,
+            self.url,
+            connections=COMMIT_CONNECTIONS,
+            seconds=self.commit_seconds,
+            notify=notify,
+            dbname=self.dbname,
+        )
+        state = "on" if notify else "off"
+        self.fig(
+            f"commits_notify_{state}",
+            f"commits/s, single-row booking INSERTs from {COMMIT_CONNECTIONS} connections,"
+            f" wake-up NOTIFY {state}",
+            "/s",
+            note="each INSERT its own transaction, triggers on, one LISTENing connection;"
+            " the 8 clients are one asyncio process of the benchmark"
+            if notify
+            else "",
+        ).values.append(r["commits_per_s"])
+        self.fig(
+            f"commits_notify_{state}_cpu_pg",
+            f"  Postgres CPU per commit (NOTIFY {state})",
+            "µs",
+        ).values.append(r["cpu"]["postgres_us_per_item"])
+        self.disturbed(f"commits, NOTIFY {state}", r["cpu"])
+        return r
 
     # -- orchestration --
     def plan(self) -> list[Job]:
@@ -678,8 +742,10 @@ class Bench:
                 "drain-inapp-4x100-fresh",
                 lambda: self.drain("inapp", "4x100", 4, 100, 1, "warning", fresh_stats=True),
             ),
+            Job("commits-notify-on", lambda: self.commits(True)),
+            Job("commits-notify-off", lambda: self.commits(False)),
             Job("latency", self.latency),
-            Job("memory", self.memory, repeat=False),
+            *([] if self.args.quick else [Job("memory", self.memory, repeat=False)]),
             Job("postgres", self.postgres),
             Job("mime", functools.partial(mime_build, self)),
             Job("render-pool", functools.partial(render_pool_cost, self)),
@@ -693,6 +759,9 @@ class Bench:
         ("triggers-set", 3),
         ("drain-inapp-4x100-fresh", 3),
         ("drain-inapp-2d4x100", 3),
+        ("drain-inapp-3d4x100", 2),
+        ("commits-notify-on", 3),
+        ("commits-notify-off", 3),
         ("drain-outbox-4x100", 3),
         ("bare-4", 3),
         ("postgres", 3),
@@ -740,13 +809,31 @@ class Bench:
         job.durations.append(time.monotonic() - t)
 
     def derived(self) -> None:
-        """Figures computed from others: the drain as a share of the bare loop."""
+        """Figures computed from others: the drain as a share of the bare loop, and the
+        commit rate without NOTIFY over the one with it."""
         bare = self.figures.get("bare_1")
+        inapp = self.figures.get("drain_inapp_4x100")
+        if bare is not None and bare.median and inapp is not None and inapp.median:
+            self.fig(
+                "drain_inapp_4x100_over_bare",
+                "in-app drain 4×100 / bare claim+complete loop (1 connection), same run",
+                "×",
+                note="medians of each; Postgres CPU per row of both is listed above",
+                derived=True,
+            ).values.append(inapp.median / bare.median)
+        on, off = self.figures.get("commits_notify_on"), self.figures.get("commits_notify_off")
+        if on is not None and on.median and off is not None and off.median:
+            self.fig(
+                "commits_notify_off_over_on",
+                "commits/s with the wake-up NOTIFY off / on",
+                "×",
+                derived=True,
+            ).values.append(off.median / on.median)
         one_daemon = [
             f
             for k, f in self.figures.items()
             if k.startswith("drain_inapp_")
-            and not k.endswith(("_cpu", "_cpu_pg", "_info", "_fresh"))
+            and not k.endswith(("_cpu", "_cpu_pg", "_info", "_fresh", "_lock_waits", "_bare"))
             and "2d" not in k
             and f.median is not None
         ]
@@ -787,7 +874,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--quick", action="store_true", help="one run of each figure")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        default=os.environ.get(QUICK_ENV, "") not in ("", "0"),
+        help=f"one run of each figure, on a fifth of the rows (also {QUICK_ENV}=1)",
+    )
     p.add_argument(
         "--budget",
         type=float,

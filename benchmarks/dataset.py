@@ -218,3 +218,25 @@ cross join lateral (select (array['email', 'sms', 'inapp'])[1 + mod(g, 3)] as ch
 join public.bench_bookings b
   on b.k = mod(g / 3, (select count(*) from public.bench_bookings)::int)
 """
+
+
+# -- set_wakeup_notify --
+# The operator's switch for the wake-up NOTIFY of the queue's triggers (pgnotify.settings).
+SET_WAKEUP_NOTIFY = "update pgnotify.settings set wakeup_notify = $1"
+
+# -- sample_waits --
+# One sample of what database $1's client backends are doing: each active one's wait event
+# ('running' when on CPU), each one idle inside a transaction (a daemon rendering between
+# its claim and its commit), and how many lock requests are not granted. Run from another
+# database, so that the sampler's own backend is not measured as the benchmark's.
+SAMPLE_WAITS = """
+select array(
+         select case when a.state = 'active'
+                     then coalesce(a.wait_event_type || ':' || a.wait_event, 'running')
+                     else a.state end
+         from pg_stat_activity a
+         where a.datname = $1 and a.backend_type = 'client backend'
+           and a.state in ('active', 'idle in transaction')) as states,
+       (select count(*) from pg_locks l join pg_database d on d.oid = l.database
+        where d.datname = $1 and not l.granted)::int as ungranted
+"""

@@ -14,6 +14,7 @@ import re
 import shutil
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import cycle
@@ -26,6 +27,72 @@ from benchmarks import dataset as ds
 from benchmarks.procs import CpuMeter, CpuUse, DaemonProcess, memory_kib
 
 HISTORY = 30_000  # finished rows in the queue table before each burst
+WAIT_SAMPLE_EVERY = 0.02  # seconds between two samples of pg_stat_activity and pg_locks
+
+
+# -- lock waits -------------------------------------------------------------------------
+
+
+class WaitSampler:
+    """Samples what the benchmark database's backends wait on while a measurement runs
+    (``SAMPLE_WAITS`` every ``WAIT_SAMPLE_EVERY``), from a connection to another database.
+
+    A sample is a snapshot, not a trace: a share says in what fraction of the sampled
+    moments a backend was in that state, which is where the time of the busy backends goes.
+    """
+
+    def __init__(self, url: str, dbname: str) -> None:
+        self.url = url
+        self.dbname = dbname
+        self.samples = 0
+        self.states: Counter[str] = Counter()
+        self.ungranted: list[int] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        conn = await asyncpg.connect(self.url, database="postgres")
+        self._task = asyncio.create_task(self._run(conn))
+
+    async def _run(self, conn: asyncpg.Connection) -> None:
+        try:
+            while True:
+                row = await conn.fetchrow(ds.SAMPLE_WAITS, self.dbname)
+                assert row is not None
+                self.samples += 1
+                self.states.update(row["states"])
+                self.ungranted.append(row["ungranted"])
+                await asyncio.sleep(WAIT_SAMPLE_EVERY)
+        finally:
+            await conn.close()
+
+    async def stop(self) -> dict[str, Any]:
+        """The summary: backend-samples by state, as shares, and the ungranted locks."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        busy = sum(self.states.values())
+        waiting = sum(n for s, n in self.states.items() if s.startswith(("Lock:", "LWLock:")))
+        return {
+            "samples": self.samples,
+            "mean_busy_backends": round(busy / self.samples, 2) if self.samples else 0.0,
+            "lock_wait_share": round(waiting / busy * 100, 1) if busy else 0.0,
+            "states": {s: round(n / busy * 100, 1) for s, n in self.states.most_common()},
+            "ungranted_mean": round(sum(self.ungranted) / len(self.ungranted), 2)
+            if self.ungranted
+            else 0.0,
+            "ungranted_max": max(self.ungranted, default=0),
+        }
+
+
+def describe_waits(waits: dict[str, Any], top: int = 4) -> str:
+    """One line: the busiest states with their share of busy backend-samples."""
+    states = list(waits["states"].items())[:top]
+    shown = ", ".join(f"{s} {share:.0f}%" for s, share in states) or "no busy backend sampled"
+    return (
+        f"{waits['mean_busy_backends']:.1f} busy backends on average: {shown};"
+        f" ungranted locks mean {waits['ungranted_mean']:.1f}, max {waits['ungranted_max']}"
+    )
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -137,6 +204,65 @@ async def bare_loop(
     }
 
 
+# -- commit rate ------------------------------------------------------------------------
+
+
+async def commit_rate(
+    conn: asyncpg.Connection,
+    url: str,
+    *,
+    connections: int,
+    seconds: float,
+    notify: bool,
+    dbname: str,
+) -> dict[str, Any]:
+    """Commits/s of single-row booking INSERTs (``INSERT_BOOKING``, each its own
+    transaction, the lifecycle triggers on) from ``connections`` connections for
+    ``seconds``, with the wake-up NOTIFY on or off (``pgnotify.settings``).
+
+    One connection LISTENs on the daemon's channel meanwhile, as a daemon's would, so that
+    the notifications are really queued. No daemon runs: the queue only grows. The clock
+    starts when every connection is open; the bookings are removed afterwards.
+    """
+    await _back_to_seed(conn)
+    await conn.execute(ds.SET_WAKEUP_NOTIFY, notify)
+    pairs = await conn.fetch(ds.PAIRS)
+    listener = await asyncpg.connect(url)
+    await listener.add_listener("pgnotify", lambda *_: None)
+    conns = [await asyncpg.connect(url) for _ in range(connections)]
+    deadline = 0.0
+
+    async def one(c: asyncpg.Connection, first: int) -> int:
+        n = 0
+        while time.perf_counter() < deadline:
+            k = first + n * connections
+            await c.execute(ds.INSERT_BOOKING, *pairs[k % len(pairs)], k)
+            n += 1
+        return n
+
+    meter = CpuMeter([], dbname)
+    try:
+        meter.start()
+        started = time.perf_counter()
+        deadline = started + seconds
+        counts = await asyncio.gather(*(one(c, i) for i, c in enumerate(conns)))
+        elapsed = time.perf_counter() - started
+        cpu = meter.stop()
+    finally:
+        for c in (*conns, listener):
+            await c.close()
+        await conn.execute(ds.SET_WAKEUP_NOTIFY, True)
+        await _back_to_seed(conn)
+    commits = sum(counts)
+    return {
+        "notify": notify,
+        "commits": commits,
+        "seconds": round(elapsed, 3),
+        "commits_per_s": commits / elapsed,
+        "cpu": cpu.as_json(commits),
+    }
+
+
 # -- drain ------------------------------------------------------------------------------
 
 
@@ -150,6 +276,7 @@ class DrainRun:
     statuses: dict[str, int]
     problems: list[str] = field(default_factory=list)
     per_daemon: dict[str, int] = field(default_factory=dict)
+    waits: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -163,6 +290,7 @@ class DrainRun:
             "cpu": self.cpu.as_json(self.rows),
             "statuses": self.statuses,
             "per_daemon": self.per_daemon,
+            "waits": self.waits,
             "problems": self.problems,
         }
 
@@ -199,6 +327,7 @@ async def drain_once(
     channels: Sequence[str],
     outbox: Path | None,
     limit_s: float,
+    url: str,
     dbname: str,
     fresh_stats: bool = False,
 ) -> DrainRun:
@@ -211,7 +340,8 @@ async def drain_once(
     (until autovacuum's next ANALYZE, up to a minute later). ``fresh_stats`` analyzes the
     burst in its own transaction instead, as if that had happened.
 
-    Then check that nothing was lost or doubled: every row ``sent``, one inbox row per
+    Meanwhile a ``WaitSampler`` records what the backends wait on. Then check that nothing
+    was lost or doubled: every row ``sent``, one inbox row per
     in-app notification, one ``.eml`` per email and one ``sms.jsonl`` line per SMS.
     """
     await conn.execute(ds.RESET_QUEUE)
@@ -220,6 +350,7 @@ async def drain_once(
     if outbox is not None:
         _clear_dir(outbox)
     meter = CpuMeter([d.pid for d in daemons], dbname)
+    sampler = WaitSampler(url, dbname)
     await asyncio.sleep(0.2)  # let the daemons settle after the truncate
     async with conn.transaction():
         await ds.insert_due(conn, rows, channels, uuid.uuid4().hex[:8])
@@ -227,8 +358,12 @@ async def drain_once(
             await conn.execute("analyze pgnotify.notifications")
     committed = time.time()
     meter.start()
-    drained = await wait_drained(conn, limit_s)
-    cpu = meter.stop()
+    await sampler.start()
+    try:
+        drained = await wait_drained(conn, limit_s)
+        cpu = meter.stop()
+    finally:
+        waits = await sampler.stop()
     finished = await conn.fetchval(ds.LAST_FINISHED) or time.time()
     statuses = {r[0]: r[1] for r in await conn.fetch(ds.OUTCOME_COUNTS)}
     statuses["sent"] = statuses.get("sent", 0) - HISTORY
@@ -271,6 +406,7 @@ async def drain_once(
         statuses=statuses,
         problems=problems,
         per_daemon=per_daemon,
+        waits=waits,
     )
 
 
@@ -283,6 +419,7 @@ async def drain(
     rows: int,
     channels: Sequence[str],
     runs: int,
+    url: str,
     dbname: str,
     fresh_stats: bool = False,
 ) -> dict[str, Any]:
@@ -305,6 +442,7 @@ async def drain(
                     channels=channels,
                     outbox=outbox if set(channels) & {"email", "sms"} else None,
                     limit_s=60 + rows / 500,
+                    url=url,
                     dbname=dbname,
                     fresh_stats=fresh_stats,
                 )

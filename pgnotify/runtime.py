@@ -28,6 +28,8 @@ class Stats:
     failed: int = 0
     skipped: int = 0
     last_claim_at: float | None = None
+    # When a claim last found work (the adaptive poll's signal when NOTIFY is off).
+    last_work_at: float | None = None
     last_db_ok_at: float | None = None
     db_ok: bool = False
 

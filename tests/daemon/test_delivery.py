@@ -58,6 +58,39 @@ async def test_a_due_row_is_woken_for_by_notify_not_left_to_the_poll(
         await wait_until(lambda: count(clean_db, "status = 'sent'"), timeout=10)
 
 
+async def notifies(conn: psycopg.AsyncConnection[Any], timeout: float) -> list[psycopg.Notify]:
+    """Every NOTIFY the listening ``conn`` receives within ``timeout`` seconds."""
+    return [note async for note in conn.notifies(timeout=timeout)]
+
+
+async def test_with_wakeups_off_a_booking_is_delivered_by_polling_without_any_notify(
+    db: Conn, clean_db: str, tmp_path: Path
+) -> None:
+    """``pgnotify.settings.wakeup_notify = false``: a booking committed while the daemon
+    idles sends no NOTIFY on the daemon's channel and is still delivered, by the adaptive
+    poll, within its interval. The operator's UPDATE turns wake-ups back on for the next."""
+    world = make_world(db)
+    db.execute("update pgnotify.settings set wakeup_notify = false")
+    settings = make_settings(clean_db, tmp_path, NOTIFICATION_POLL_INTERVAL=2.0)
+    async with (
+        running(settings),
+        await psycopg.AsyncConnection.connect(clean_db, autocommit=True) as listener,
+    ):
+        await listener.execute("listen pgnotify")
+        await asyncio.sleep(0.3)
+        booking = make_booking(db, world)
+
+        async def delivered() -> bool:
+            return await count(clean_db, "booking_id = %s and status = 'sent'", (booking,)) == 3
+
+        await wait_until(delivered, timeout=WOKEN_WITHIN)
+        assert await notifies(listener, 0.5) == []
+
+        db.execute("update pgnotify.settings set wakeup_notify = true")
+        make_booking(db, world)
+        assert (await next_notify(listener, WOKEN_WITHIN)).payload == "wake"
+
+
 async def test_a_row_scheduled_ahead_fires_at_its_run_at_not_at_the_next_poll(
     db: Conn, clean_db: str, tmp_path: Path
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pgnotify.maintenance import rescue_interval
-from pgnotify.scheduler import BUSY_RECHECK, next_wait
+from pgnotify.scheduler import BUSY_RECHECK, MIN_POLL, next_poll, next_wait
 
 
 def test_with_nothing_pending_the_scheduler_sleeps_one_poll_interval() -> None:
@@ -55,3 +55,23 @@ def test_a_dead_daemons_rows_return_within_one_and_a_half_leases(lease: float) -
     # A row claimed just before a crash expires after `lease`; the next sweep finds it
     # at most one interval later.
     assert lease + rescue_interval(lease) <= 1.5 * lease
+
+
+# -- the adaptive poll, when the operator turned the wake-up NOTIFY off --------------------
+
+
+def test_without_notify_the_first_poll_and_a_poll_after_work_come_soon() -> None:
+    assert next_poll(None, False, 10.0) == MIN_POLL
+    assert next_poll(5.0, True, 10.0) == MIN_POLL
+
+
+def test_without_notify_an_idle_poll_doubles_up_to_the_poll_interval() -> None:
+    waits = [MIN_POLL]
+    for _ in range(10):
+        waits.append(next_poll(waits[-1], False, 1.0))
+    assert waits[:5] == [MIN_POLL, 0.1, 0.2, 0.4, 0.8]
+    assert waits[5:] == [1.0] * 6
+
+
+def test_a_poll_interval_below_the_minimum_poll_wins() -> None:
+    assert next_poll(None, True, 0.01) == 0.01
