@@ -45,6 +45,7 @@ class Composer:
         self.renderer = renderer
         self.from_email = settings.FROM_EMAIL
         self.message_id_domain = settings.FROM_EMAIL.rpartition("@")[2] or "localhost"
+        self.links = settings.link_signer
         # Starts its processes on the first shop template; close() stops them.
         self.pool = RenderPool(
             renderer.roots,
@@ -167,7 +168,7 @@ class Composer:
                 ctx = contexts.get(key)
                 if ctx is None:
                     try:
-                        ctx = contexts[key] = build_context(n.context)
+                        ctx = contexts[key] = build_context(n.context, links=self.links)
                     except Exception:
                         ctx = None  # compose builds it again and fails that row alone
             out.append(ctx)
@@ -184,7 +185,9 @@ class Composer:
             raise SkipNotification(f"no recipient for channel {n.channel}")
         if n.channel not in PARTS:
             raise PermanentError(f"no templates for channel {n.channel!r}")
-        return context if context is not None else build_context(n.context, locale=locale)
+        if context is not None:
+            return context
+        return build_context(n.context, locale=locale, links=self.links)
 
     def _budgeted_parts(
         self, n: ClaimedNotification, ctx: Mapping[str, Any]
@@ -275,7 +278,7 @@ def render_preview(
     whose path is printed. Template errors are printed in place of the part they broke.
     """
     composer = Composer(settings, TemplateRenderer.from_settings(settings))
-    ctx = build_context(raw_context, locale=locale)
+    ctx = build_context(raw_context, locale=locale, links=composer.links)
     customer = ctx["customer"]
     recipients = {
         "email": customer.get("email") or "customer@example.com",

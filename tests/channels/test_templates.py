@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -55,9 +56,13 @@ def test_every_kind_renders_on_every_channel_in_every_language(
     if isinstance(message, EmailMessage):
         assert message.subject and "\n" not in message.subject
         assert "Studio Nine" in message.html and "Haircut" in message.text
-        assert "15:30 CET" in message.text and "15:30 CET" in message.html
+        # The zone once, after the end: "15:30–16:15 CET".
+        assert "15:30–16:15 CET" in message.text and "15:30–16:15 CET" in message.html
         assert message.html.lstrip().startswith("<!DOCTYPE html>")
-        assert "http://" not in message.html and "https://" not in message.html  # no assets
+        # Nothing is loaded from elsewhere (no logo configured, no stylesheet); the only
+        # addresses are links the customer may follow (the map of the shop's address).
+        assert "src=" not in message.html and "<link" not in message.html
+        assert set(re.findall(r"https?://[^/\s\"]+", message.html)) <= {"https://www.google.com"}
     elif isinstance(message, SmsMessage):
         assert "Haircut" in message.body
         assert count_segments(message.body).segments == 1
