@@ -63,6 +63,18 @@ migrate: $(STAMP) ## apply sql/ to DATABASE_URL
 bench: $(STAMP) ## measure trigger overhead, drain rate, latency and memory (not part of test)
 	$(BIN)/python -m benchmarks.bench
 
+# Debian's Chromium, installed here when missing if we are root (not needed by make test).
+screenshots: $(STAMP) ## photograph every email kind, en and es, at 390 and 900 px (build/screenshots)
+	@command -v chromium >/dev/null || \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium (headless screenshots)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "make screenshots needs chromium: run 'sudo apt-get install chromium'"; \
+		exit 1; \
+	fi
+	$(BIN)/python -m benchmarks.screenshots
+
 soak: $(STAMP) ## 10 minutes of traffic with random faults; prints sent/failed/duplicates/lost/RSS
 	$(BIN)/python -m benchmarks.soak --minutes $${SOAK_MINUTES:-10}
 

@@ -168,6 +168,23 @@ def brand_color(value: object) -> str:
     return value.lower() if isinstance(value, str) and _COLOUR.match(value) else _DEFAULT_BRAND
 
 
+def text_color_on(background: str) -> str:
+    """White or near-black, whichever contrasts more with ``background`` (``#rrggbb``).
+
+    WCAG's relative luminance: a shop may pick a light accent (a yellow), and white text on
+    it would be unreadable in the header and on the buttons.
+    """
+
+    def channel(hex_pair: str) -> float:
+        c = int(hex_pair, 16) / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (channel(background[i : i + 2]) for i in (1, 3, 5))
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    # Contrast with white (1.05 / (L + 0.05)) against with #18181b (L about 0.0097).
+    return "#ffffff" if 1.05 / (luminance + 0.05) >= (luminance + 0.05) / 0.0597 else "#18181b"
+
+
 def logo_url(value: object) -> str:
     """The shop's logo URL if it is a plain ``https://`` URL, else ``""`` (no image).
 
@@ -271,11 +288,11 @@ def build_context(
     its status, in the shop's zone), ``time_range`` (``17:48–18:33 CET``, the zone once),
     ``previous_date`` / ``previous_time_range`` (the start before the booking's last move,
     for a reschedule; ``""`` when it never moved), ``brand_color`` (the shop's ``#rrggbb``
-    or the default), ``logo_url`` (the shop's https logo or ``""``), ``maps_url`` (a map
-    search for the shop's address, or ``""``), ``tel_url`` (``tel:`` and the shop's E.164
-    phone, or ``""``), ``manage_url`` and ``pay_url`` (signed links when ``links`` is
-    given, else ``""``). ``locale`` overrides the customer's and the shop's language
-    (previews).
+    or the default) and ``brand_text_color`` (white or black, whichever reads on it),
+    ``logo_url`` (the shop's https logo or ``""``), ``maps_url`` (a map search for the
+    shop's address, or ``""``), ``tel_url`` (``tel:`` and the shop's E.164 phone, or
+    ``""``), ``manage_url`` and ``pay_url`` (signed links when ``links`` is given, else
+    ``""``). ``locale`` overrides the customer's and the shop's language (previews).
     """
     booking = _section(raw, "booking")
     shop = _section(raw, "shop")
@@ -312,6 +329,7 @@ def build_context(
         except (OverflowError, ValueError):
             local_previous = None
     phone, address = shop.get("phone"), shop.get("address")
+    accent = brand_color(shop.get("brand_color"))
     urls = links.urls(booking.get("id")) if links is not None else _NO_LINKS
     return {
         "booking": booking,
@@ -333,7 +351,8 @@ def build_context(
         "previous_time_range": (
             format_time_range(local_previous, previous_end) if local_previous else ""
         ),
-        "brand_color": brand_color(shop.get("brand_color")),
+        "brand_color": accent,
+        "brand_text_color": text_color_on(accent),
         "logo_url": logo_url(shop.get("logo_url")),
         "maps_url": (
             _MAPS + quote(address, safe="") if isinstance(address, str) and address else ""

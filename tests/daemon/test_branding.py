@@ -82,8 +82,8 @@ async def test_a_move_shows_the_old_time_struck_through_in_the_shops_colours_wit
     assert "When:       Tuesday, 2 March 2027, 10:15–11:00 CET\n" in text
     assert "Was:        Monday, 1 March 2027, 17:48–18:33 CET\n" in text
     assert re.search(
-        r"Tuesday, 2 March 2027<br>10:15–11:00 CET<br><s[^>]*>Monday, 1 March 2027, "
-        r"17:48–18:33 CET</s>",
+        r"Tuesday, 2 March 2027<br>10:15–11:00 CET<br><span[^>]*>Was <s>Monday, 1 March 2027, "
+        r"17:48–18:33 CET</s></span>",
         html,
     )
     text, html = parts(emails["booking_confirmed"])

@@ -145,3 +145,16 @@ def test_the_former_start_is_shown_only_after_a_move() -> None:
         "Monday, 30 November 2026",
         "17:48–18:33 CET",
     )
+
+
+@pytest.mark.parametrize(
+    ("accent", "text"),
+    [
+        ("#2563eb", "#ffffff"),
+        ("#0f766e", "#ffffff"),
+        ("#facc15", "#18181b"),
+        ("#ffffff", "#18181b"),
+    ],
+)
+def test_the_text_on_the_accent_is_white_or_black_whichever_reads(accent: str, text: str) -> None:
+    assert build_context(raw(shop={"brand_color": accent}))["brand_text_color"] == text
