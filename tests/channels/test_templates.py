@@ -279,3 +279,28 @@ def test_preview_prints_subject_text_and_writes_the_html(
     assert "== sms (es, 1 segment(s), GSM-7" in out and "== inapp (es) ==" in out
     (html_file,) = tmp_path.glob("*.html")
     assert f"HTML: {html_file}" in out and "<!DOCTYPE html>" in html_file.read_text()
+
+
+def test_sms_with_links_fit_two_segments_for_typical_data() -> None:
+    """The manage link (about 120 characters) in the confirmation and reminder SMS: each
+    still within 2 GSM-7 segments, in both languages, and the others carry no link."""
+    linked = Composer(
+        load_settings(
+            FROM_EMAIL="noreply@pgnotify.example",
+            NOTIFICATION_LINK_BASE_URL="https://book.studionine.example",
+            NOTIFICATION_LINK_SECRET="s3cret",
+        ),
+        TemplateRenderer(),
+    )
+    for locale in ("en", "es"):
+        for kind in KINDS:
+            sms = linked.compose(
+                claimed(
+                    kind, "sms", recipient="+34600111222", context=raw(customer={"locale": locale})
+                )
+            )
+            assert isinstance(sms, SmsMessage)
+            count = count_segments(sms.body)
+            assert (count.encoding, count.segments) == ("GSM-7", 2 if "token=" in sms.body else 1)
+            has_link = kind in ("booking_confirmed", "reminder_24h", "reminder_2h")
+            assert ("https://book.studionine.example/bookings/" in sms.body) == has_link, kind
