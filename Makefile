@@ -20,17 +20,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install pgnotify with its test and dev tools
 
-# The suite runs a real PgBouncer (tests/pgbouncer.py): Debian's package, installed here
-# when missing if we are root; anyone else is told what to install.
-test-tools:
-	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || \
+# $(call debian-package,PROGRAM,WHY,TARGET): Debian's package of that name, installed when
+# PROGRAM is missing if we are root; anyone else is told what to install.
+debian-package = command -v $(1) >/dev/null || test -x /usr/sbin/$(1) || \
 	if [ "$$(id -u)" = 0 ]; then \
-		echo "installing pgbouncer (the tests run a real one)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer; \
+		echo "installing $(1) ($(2))"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1); \
 	else \
-		echo "make test needs pgbouncer: run 'sudo apt-get install pgbouncer', or make test as root"; \
+		echo "make $(3) needs $(1): run 'sudo apt-get install $(1)', or make $(3) as root"; \
 		exit 1; \
 	fi
+
+# The suite runs a real PgBouncer (tests/pgbouncer.py).
+test-tools:
+	@$(call debian-package,pgbouncer,the tests run a real one,test)
 
 # Hypothesis' deterministic profile unless told otherwise (HYPOTHESIS_PROFILE=dev for new
 # random examples): the suite CI runs is the suite a developer runs.
@@ -62,6 +65,11 @@ migrate: $(STAMP) ## apply sql/ to DATABASE_URL
 
 bench: $(STAMP) ## measure triggers, drain rates (1-3 daemons), NOTIFY on/off, latency, memory; PGNOTIFY_BENCH_QUICK=1: a quick check
 	$(BIN)/python -m benchmarks.bench
+
+# Debian's Chromium for headless screenshots (make test does not need it).
+screenshots: $(STAMP) ## photograph every email kind, en and es, at 390 and 900 px (build/screenshots)
+	@$(call debian-package,chromium,headless screenshots,screenshots)
+	$(BIN)/python -m benchmarks.screenshots
 
 soak: $(STAMP) ## 10 minutes of traffic with random faults; prints sent/failed/duplicates/lost/RSS
 	$(BIN)/python -m benchmarks.soak --minutes $${SOAK_MINUTES:-10}

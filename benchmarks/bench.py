@@ -20,7 +20,8 @@ It creates its own database (``devcluster.fresh_database``) on the server
   at 200 bookings/s for 20 s;
 - the daemon's RSS after 10,000 and 100,000 notifications, and its peak;
 - ``EXPLAIN ANALYZE`` of the claim and the per-row cost of ``render_contexts()``;
-- building one three-part email with ``channels/mime.py`` (pure CPU);
+- building one three-part email with ``channels/mime.py`` (pure CPU), and one email
+  from its context to its bytes (context, render, ICS, MIME) with links and branding on;
 - rendering one template inline and through the render pool (a shop's own template).
 
 Every figure gets one run first; then, while the time budget (``--budget``, default 240 s
@@ -268,6 +269,57 @@ async def mime_build(bench: Bench, rounds: int = 400, runs: int = 5) -> dict[str
         note=f"median of {runs} × {rounds} builds; the stdlib EmailMessage takes about 3 ms",
     ).values.append(median)
     return {"rounds": rounds, "us_per_message": per_message_us}
+
+
+async def email_build(bench: Bench, rounds: int = 200, runs: int = 5) -> dict[str, Any]:
+    """One booking confirmation from its raw context to its bytes: µs per email.
+
+    What a worker spends per email on CPU before the send: ``build_context`` (with signed
+    links, the shop's colour and logo), rendering subject, text and HTML from the shipped
+    templates, the calendar invitation, and ``build_mime`` (quoted-printable text parts).
+    The median of ``runs`` timings of ``rounds`` emails each; no render pool involved.
+    """
+    from pgnotify.compose import Composer
+    from pgnotify.settings import load_settings
+    from tests.samples import claimed, raw
+
+    settings = load_settings(
+        _env_file=None,
+        FROM_EMAIL="noreply@bench.example",
+        NOTIFICATION_LINK_BASE_URL="https://book.bench.example",
+        NOTIFICATION_LINK_SECRET="bench-secret",
+    )
+    composer = Composer(settings, TemplateRenderer())
+    n = claimed(
+        "booking_confirmed",
+        context=raw(shop={"brand_color": "#0f766e", "logo_url": "https://cdn.example/l.png"}),
+    )
+    assert n.context is not None
+
+    def one() -> bytes:
+        ctx = build_context(n.context or {}, links=composer.links)
+        message = composer.compose(n, context=ctx)
+        assert isinstance(message, EmailMessage)
+        return build_mime(message, from_email="noreply@bench.example")
+
+    try:
+        assert b"token=" in one()  # links on; also compiles the templates
+        per_email_us = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            for _ in range(rounds):
+                one()
+            per_email_us.append((time.perf_counter() - start) / rounds * 1e6)
+    finally:
+        composer.close()
+    bench.fig(
+        "email_build_us",
+        "build one email: context, render, ICS, MIME (links, branding)",
+        "µs",
+        target=("<=", 100.0),
+        note=f"median of {runs} × {rounds} emails; shipped templates, no render pool",
+    ).values.append(statistics.median(per_email_us))
+    return {"rounds": rounds, "us_per_email": per_email_us}
 
 
 async def render_pool_cost(
@@ -748,6 +800,7 @@ class Bench:
             *([] if self.args.quick else [Job("memory", self.memory, repeat=False)]),
             Job("postgres", self.postgres),
             Job("mime", functools.partial(mime_build, self)),
+            Job("email", functools.partial(email_build, self)),
             Job("render-pool", functools.partial(render_pool_cost, self)),
         ]
         return jobs
@@ -891,7 +944,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         metavar="JOB",
         help="run only jobs whose name starts with JOB (triggers, bare, drain-inapp, "
-        "drain-outbox, latency, memory, postgres, mime, render-pool); repeatable",
+        "drain-outbox, latency, memory, postgres, mime, email, render-pool); repeatable",
     )
     p.add_argument("--output", type=Path, default=snapshot.source_root() / "bench-results.json")
     p.add_argument("--keep-db", action="store_true", help="do not drop the database afterwards")

@@ -45,6 +45,7 @@ class Composer:
         self.renderer = renderer
         self.from_email = settings.FROM_EMAIL
         self.message_id_domain = settings.FROM_EMAIL.rpartition("@")[2] or "localhost"
+        self.links = settings.link_signer
         # Starts its processes on the first shop template; close() stops them.
         self.pool = RenderPool(
             renderer.roots,
@@ -168,7 +169,9 @@ class Composer:
                 ctx = contexts.get(key)
                 if ctx is None:
                     try:
-                        ctx = contexts[key] = build_context(n.context, audience=n.audience)
+                        ctx = contexts[key] = build_context(
+                            n.context, audience=n.audience, links=self.links
+                        )
                     except Exception:
                         ctx = None  # compose builds it again and fails that row alone
             out.append(ctx)
@@ -187,7 +190,7 @@ class Composer:
             raise PermanentError(f"no templates for channel {n.channel!r}")
         if context is not None:
             return context
-        return build_context(n.context, locale=locale, audience=n.audience)
+        return build_context(n.context, locale=locale, audience=n.audience, links=self.links)
 
     def _budgeted_parts(
         self, n: ClaimedNotification, ctx: Mapping[str, Any]
@@ -284,7 +287,7 @@ def render_preview(
     language, to its contacts, and not in-app (a shop has no inbox).
     """
     composer = Composer(settings, TemplateRenderer.from_settings(settings))
-    ctx = build_context(raw_context, locale=locale, audience=audience)
+    ctx = build_context(raw_context, locale=locale, audience=audience, links=composer.links)
     to = ctx["shop"] if audience == "shop" else ctx["customer"]
     recipients = {
         "email": to.get("email") or "customer@example.com",

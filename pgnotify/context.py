@@ -13,7 +13,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pgnotify.links import LinkSigner
+from pgnotify.segments import is_e164
 
 FORMAT_LOCALES = ("en", "es")
 _LOCALE = re.compile(r"^([A-Za-z]{2,3})(?:[-_].*)?$")
@@ -138,6 +142,62 @@ def format_time(moment: datetime) -> str:
     return f"{moment.hour:02d}:{moment.minute:02d} {zone_label(moment)}"
 
 
+def format_time_range(start: datetime, end: datetime | None) -> str:
+    """``17:48–18:33 CET``: the zone once, after the end (``17:48 CET`` without an end).
+
+    When the end is in another zone offset (a daylight-saving change in between), each
+    time keeps its own zone: ``01:30 CEST–02:15 CET``.
+    """
+    if end is None:
+        return format_time(start)
+    if zone_label(start) != zone_label(end):
+        return f"{format_time(start)}–{format_time(end)}"
+    return f"{start.hour:02d}:{start.minute:02d}–{format_time(end)}"
+
+
+_DEFAULT_BRAND = "#2563eb"
+_COLOUR = re.compile(r"^#[0-9A-Fa-f]{6}$")
+
+
+def brand_color(value: object) -> str:
+    """The shop's accent colour if it is ``#rrggbb``, else the shipped blue.
+
+    The database checks the column too; this is what keeps a value from any other source
+    (a shop template's context, an older row) out of an HTML ``style`` attribute.
+    """
+    return value.lower() if isinstance(value, str) and _COLOUR.match(value) else _DEFAULT_BRAND
+
+
+def text_color_on(background: str) -> str:
+    """White or near-black, whichever contrasts more with ``background`` (``#rrggbb``).
+
+    WCAG's relative luminance: a shop may pick a light accent (a yellow), and white text on
+    it would be unreadable in the header and on the buttons.
+    """
+
+    def channel(hex_pair: str) -> float:
+        c = int(hex_pair, 16) / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (channel(background[i : i + 2]) for i in (1, 3, 5))
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    # Contrast with white (1.05 / (L + 0.05)) against with #18181b (L about 0.0097).
+    return "#ffffff" if 1.05 / (luminance + 0.05) >= (luminance + 0.05) / 0.0597 else "#18181b"
+
+
+def logo_url(value: object) -> str:
+    """The shop's logo URL if it is a plain ``https://`` URL, else ``""`` (no image).
+
+    https only: an ``http`` image is blocked or flagged by mail clients, and anything else
+    (``javascript:``, ``data:``) has no place in ``src``.
+    """
+    if not isinstance(value, str) or len(value) > 2000 or not value.startswith("https://"):
+        return ""
+    if any(c.isspace() or c in "\"'<>" for c in value) or len(value) <= len("https://"):
+        return ""
+    return value
+
+
 def format_money(cents: int | None, currency: str | None, locale: str) -> str:
     """Format an amount of minor units: ``$45.00``, ``€1,234.50``; ``es``: ``45,00 €``."""
     if cents is None:
@@ -204,13 +264,21 @@ def format_moment(value: str | None, zone: tzinfo, locale: str) -> str:
     return f"{format_date(local, locale)}, {format_time(local)}"
 
 
+_MAPS = "https://www.google.com/maps/search/?api=1&query="
+_NO_LINKS = {"manage_url": "", "pay_url": ""}
+
+
 def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
     value = raw.get(name)
     return dict(value) if isinstance(value, Mapping) else {}
 
 
 def build_context(
-    raw: Mapping[str, Any], *, locale: str | None = None, audience: str = "customer"
+    raw: Mapping[str, Any],
+    *,
+    locale: str | None = None,
+    audience: str = "customer",
+    links: LinkSigner | None = None,
 ) -> dict[str, Any]:
     """Turn the raw sections loaded by SQL into the dict every template renders from.
 
@@ -222,9 +290,16 @@ def build_context(
     ``refunded`` (the booking's succeeded and refunded payments; both shown, zero included,
     when either is not zero, else both ``""``), ``payment_date`` (when the payment reached
     its status, in the shop's zone), ``customer_confirmed`` (the customer replied C: set
-    ``booking.customer_confirmed_at``). ``locale`` overrides the customer's and the shop's
-    language (previews). A message to the shop (``audience="shop"``, the shop's alerts) is
-    in the shop's language, whatever the customer's.
+    ``booking.customer_confirmed_at``), ``time_range`` (``17:48–18:33 CET``, the zone once),
+    ``previous_date`` / ``previous_time_range`` (the start before the booking's last move,
+    for a reschedule; ``""`` when it never moved), ``brand_color`` (the shop's ``#rrggbb``
+    or the default) and ``brand_text_color`` (white or black, whichever reads on it),
+    ``logo_url`` (the shop's https logo or ``""``), ``maps_url`` (a map search for the
+    shop's address, or ``""``), ``tel_url`` (``tel:`` and the shop's E.164 phone, or
+    ``""``), ``manage_url`` and ``pay_url`` (signed links when ``links`` is given, else
+    ``""``). ``locale`` overrides the customer's and the shop's language (previews). A
+    message to the shop (``audience="shop"``, the shop's alerts) is in the shop's
+    language, whatever the customer's.
     """
     booking = _section(raw, "booking")
     shop = _section(raw, "shop")
@@ -252,6 +327,18 @@ def build_context(
         zero = format_money(0, currency, lang)
         paid, refunded = paid or zero, refunded or zero
     reference = booking.get("reference")
+    previous = parse_timestamp(booking.get("previous_starts_at"))
+    local_previous: datetime | None = None
+    previous_end: datetime | None = None
+    if previous is not None and isinstance(duration_minutes, int):
+        try:
+            local_previous = previous.astimezone(zone)
+            previous_end = (previous + timedelta(minutes=duration_minutes)).astimezone(zone)
+        except (OverflowError, ValueError):
+            local_previous = None
+    phone, address = shop.get("phone"), shop.get("address")
+    accent = brand_color(shop.get("brand_color"))
+    urls = links.urls(booking.get("id")) if links is not None else _NO_LINKS
     return {
         "booking": booking,
         "shop": shop,
@@ -267,6 +354,20 @@ def build_context(
         "short_date": format_short_date(local_start, lang) if local_start else "",
         "time": format_time(local_start) if local_start else "",
         "end_time": format_time(local_end) if local_end else "",
+        "time_range": format_time_range(local_start, local_end) if local_start else "",
+        "previous_date": format_date(local_previous, lang) if local_previous else "",
+        "previous_time_range": (
+            format_time_range(local_previous, previous_end) if local_previous else ""
+        ),
+        "brand_color": accent,
+        "brand_text_color": text_color_on(accent),
+        "logo_url": logo_url(shop.get("logo_url")),
+        "maps_url": (
+            _MAPS + quote(address, safe="") if isinstance(address, str) and address else ""
+        ),
+        "tel_url": f"tel:{phone}" if isinstance(phone, str) and is_e164(phone) else "",
+        "manage_url": urls["manage_url"],
+        "pay_url": urls["pay_url"],
         "duration": format_duration(duration_minutes),
         "price": format_money(total, currency, lang),
         "amount": (

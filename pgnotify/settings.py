@@ -32,10 +32,17 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pgnotify.channels.mime import is_valid_address
 from pgnotify.errors import SettingsError
+from pgnotify.links import LinkSigner
 from pgnotify.segments import is_e164
 from pgnotify.text import one_line, redact, remember_secrets
 
-_SECRET_NAMES = ("DATABASE_URL", "LISTEN_DATABASE_URL", "SMTP_PASSWORD", "TWILIO_AUTH_TOKEN")
+_SECRET_NAMES = (
+    "DATABASE_URL",
+    "LISTEN_DATABASE_URL",
+    "SMTP_PASSWORD",
+    "TWILIO_AUTH_TOKEN",
+    "NOTIFICATION_LINK_SECRET",
+)
 _LOOPBACK = "a loopback address (127.0.0.0/8, ::1, localhost)"
 # Upper bounds of the durations (seconds): far above any sensible value, far below what
 # overflows a timestamp or makes a timer meaningless. Every float is also finite.
@@ -123,6 +130,9 @@ class Settings(BaseSettings):
     NOTIFICATION_RENDER_MEMORY_MB: int = Field(default=256, ge=64, le=65_536)
     NOTIFICATION_PROBE_INTERVAL: float = Field(default=5.0, gt=0, le=_HOUR, allow_inf_nan=False)
     NOTIFICATION_DB_TIMEOUT: float = Field(default=15.0, gt=0, le=_HOUR, allow_inf_nan=False)
+    # Signed links to the application's booking pages (pgnotify/links.py); unset: no links.
+    NOTIFICATION_LINK_BASE_URL: str | None = None
+    NOTIFICATION_LINK_SECRET: SecretStr | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -196,6 +206,26 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("NOTIFICATION_LINK_BASE_URL")
+    @classmethod
+    def _link_base(cls, value: str | None) -> str | None:
+        # The token in every link is a bearer credential for the booking's page.
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        host = parts.hostname or ""
+        if (
+            not host
+            or parts.query
+            or parts.fragment
+            or not (parts.scheme == "https" or (parts.scheme == "http" and is_loopback(host)))
+        ):
+            raise ValueError(
+                "must be an https:// URL with a host and no query or fragment (plain http:// "
+                f"only towards {_LOOPBACK}): each link carries a token to the booking"
+            )
+        return value.strip().rstrip("/")
+
     @field_validator("FROM_EMAIL")
     @classmethod
     def _sender(cls, value: str) -> str:
@@ -236,6 +266,12 @@ class Settings(BaseSettings):
             )
         if bool(self.TWILIO_ACCOUNT_SID) != bool(self.TWILIO_AUTH_TOKEN):
             raise ValueError("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set together")
+        if self.NOTIFICATION_LINK_BASE_URL and not (
+            self.NOTIFICATION_LINK_SECRET and self.NOTIFICATION_LINK_SECRET.get_secret_value()
+        ):
+            raise ValueError(
+                "NOTIFICATION_LINK_SECRET is required when NOTIFICATION_LINK_BASE_URL is set"
+            )
         if self.SMTP_USERNAME and not self.SMTP_PASSWORD:
             raise ValueError("SMTP_PASSWORD is required when SMTP_USERNAME is set")
         if (
@@ -267,6 +303,14 @@ class Settings(BaseSettings):
         if self.LISTEN_DATABASE_URL is not None:
             return as_url(self.LISTEN_DATABASE_URL.get_secret_value())
         return self.asyncpg_url
+
+    @property
+    def link_signer(self) -> LinkSigner | None:
+        """What signs the links in messages, or None when links are not configured."""
+        if not (self.NOTIFICATION_LINK_BASE_URL and self.NOTIFICATION_LINK_SECRET):
+            return None
+        secret = self.NOTIFICATION_LINK_SECRET.get_secret_value().encode("utf-8")
+        return LinkSigner(self.NOTIFICATION_LINK_BASE_URL, secret)
 
     @property
     def smtp_configured(self) -> bool:

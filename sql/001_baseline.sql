@@ -34,6 +34,12 @@ create table booking.shops (
     phone      text,
     address    text,
     locale     text not null default 'en',
+    -- Branding of the shipped HTML layout (header bar, buttons): `#rrggbb` or null for the
+    -- default. The shop's own table, so a bad value is refused where it is written rather
+    -- than failing a message; the daemon validates both again before use.
+    brand_color text check (brand_color ~ '^#[0-9A-Fa-f]{6}$'),
+    -- Shown as the header's image (fixed size, the shop's name as alt text) when https.
+    logo_url    text,
     created_at timestamptz not null default now()
 );
 
@@ -1027,11 +1033,15 @@ revoke execute on function pgnotify.on_payments_refunded() from public;
 -- no row until a booking's first change (a missing row is version 0).
 create table pgnotify.booking_versions (
     booking_id uuid primary key,
-    version    int  not null check (version > 0)
+    version    int  not null check (version > 0),
+    -- The start time before the booking's last move, which a reschedule shows struck
+    -- through beside the new one. Kept here because the booking row holds only the new
+    -- time; read when the message is sent, like the rest of its context.
+    previous_starts_at timestamptz
 );
 
 comment on table pgnotify.booking_versions is
-    'How many times each booking changed status or start time: its ICS SEQUENCE.';
+    'How many times each booking changed status or start time (its ICS SEQUENCE), and its start before the last move.';
 
 comment on column pgnotify.notifications.ics_sequence is
     'The booking''s version when this invitation was queued, sent as the ICS SEQUENCE.';
@@ -1043,11 +1053,13 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    insert into pgnotify.booking_versions as v (booking_id, version)
-    select n.id, 1
+    insert into pgnotify.booking_versions as v (booking_id, version, previous_starts_at)
+    select n.id, 1, case when o.starts_at is distinct from n.starts_at then o.starts_at end
     from new_rows n join old_rows o on o.id = n.id
     where o.status is distinct from n.status or o.starts_at is distinct from n.starts_at
-    on conflict (booking_id) do update set version = v.version + 1;
+    on conflict (booking_id) do update
+        set version = v.version + 1,
+            previous_starts_at = coalesce(excluded.previous_starts_at, v.previous_starts_at);
     return null;
 end
 $$;
@@ -1386,7 +1398,10 @@ comment on function pgnotify.booking_reference(uuid) is
 --                       currency, and cents of two currencies do not add up), or null;
 --   booking.customer_confirmed_at   when the customer replied C (section 3, replies);
 --   payment.created_at, payment.updated_at   the receipt's date (the version at which it
---                       succeeded).
+--                       succeeded);
+--   booking.previous_starts_at   the start before the last move (booking_versions), which
+--                       a reschedule shows struck through;
+--   shop.brand_color, shop.logo_url   the shipped layout's branding.
 -- The totals are read when the message is sent, like everything here: a cancellation sent
 -- after the refund shows it.
 --
@@ -1419,10 +1434,12 @@ begin
                                     then floor(extract(epoch from b.updated_at))::bigint end,
                    'reference', pgnotify.booking_reference(b.id),
                    'customer_confirmed_at', b.customer_confirmed_at,
-                   'paid', t.paid, 'refunded', t.refunded),
+                   'paid', t.paid, 'refunded', t.refunded,
+                   'previous_starts_at', bv.previous_starts_at),
                'shop', json_build_object(
                    'id', s.id, 'name', s.name, 'timezone', s.timezone, 'email', s.email,
-                   'phone', s.phone, 'address', s.address, 'locale', s.locale),
+                   'phone', s.phone, 'address', s.address, 'locale', s.locale,
+                   'brand_color', s.brand_color, 'logo_url', s.logo_url),
                'staff', json_build_object('id', st.id, 'name', st.name),
                'service', json_build_object(
                    'id', sv.id, 'name', sv.name, 'duration_minutes', sv.duration_minutes,
@@ -1443,6 +1460,7 @@ begin
     join booking.services sv on sv.id = b.service_id
     join booking.customers c on c.id = b.customer_id
     left join booking.payments p on p.id = k.payment_id
+    left join pgnotify.booking_versions bv on bv.booking_id = b.id
     -- The totals of every booking of the batch in one aggregate over its payments
     -- (payments_booking_id_idx): a lateral subquery per booking cost ten times as much.
     -- The sums are bigint: many payments of up to 2^31 - 1 cents cannot overflow them.
@@ -1763,6 +1781,8 @@ begin
                     pgnotify.status, pgnotify.dead_letters, pgnotify.quiet_hours,
                     pgnotify.held_reminders, pgnotify.conversations,
                     pgnotify.inbound_messages, pgnotify.settings to pgnotify_daemon;
+    -- render_contexts reads the start before a move (what a reschedule shows).
+    grant select on pgnotify.booking_versions to pgnotify_daemon;
     grant execute on function pgnotify.purge, pgnotify.purge_inbox, pgnotify.retry
         to pgnotify_daemon;
 end

@@ -41,7 +41,7 @@ async def test_each_email_is_an_eml_file_named_after_the_notification(tmp_path: 
     parsed = BytesParser(policy=default_policy).parsebytes((tmp_path / "out/31.eml").read_bytes())
     assert parsed["Subject"] == "Reserva confirmada"
     body = parsed.get_body(("plain",))
-    assert body is not None and body.get_content() == "Hola\n"
+    assert body is not None and body.get_content() == "Hola\r\n"
 
 
 async def test_each_sms_is_one_json_line(tmp_path: Path) -> None:

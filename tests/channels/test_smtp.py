@@ -68,8 +68,8 @@ async def test_starttls_with_auth_delivers_every_part(smtp_server_tls: SmtpPeer)
     assert parsed["Message-ID"] == "<pgnotify.9@pgnotify.example>"
     assert parsed["Auto-Submitted"] == "auto-generated"
     plain, html = parsed.get_body(("plain",)), parsed.get_body(("html",))
-    assert plain is not None and plain.get_content() == "See you on Tuesday.\n"
-    assert html is not None and html.get_content() == "<p>See you on <b>Tuesday</b>.</p>\n"
+    assert plain is not None and plain.get_content() == "See you on Tuesday.\r\n"
+    assert html is not None and html.get_content() == "<p>See you on <b>Tuesday</b>.</p>\r\n"
     (calendar,) = [p for p in parsed.walk() if p.get_content_type() == "text/calendar"]
     assert calendar.get_param("method") == "REQUEST"
     assert "METHOD:REQUEST" in calendar.get_content()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -64,9 +65,13 @@ def test_every_kind_renders_on_every_channel_in_every_language(
     if isinstance(message, EmailMessage):
         assert message.subject and "\n" not in message.subject
         assert "Studio Nine" in message.html and "Haircut" in message.text
-        assert "15:30 CET" in message.text and "15:30 CET" in message.html
+        # The zone once, after the end: "15:30–16:15 CET".
+        assert "15:30–16:15 CET" in message.text and "15:30–16:15 CET" in message.html
         assert message.html.lstrip().startswith("<!DOCTYPE html>")
-        assert "http://" not in message.html and "https://" not in message.html  # no assets
+        # Nothing is loaded from elsewhere (no logo configured, no stylesheet); the only
+        # addresses are links the customer may follow (the map of the shop's address).
+        assert "src=" not in message.html and "<link" not in message.html
+        assert set(re.findall(r"https?://[^/\s\"]+", message.html)) <= {"https://www.google.com"}
     elif isinstance(message, SmsMessage):
         assert "Haircut" in message.body
         assert count_segments(message.body).segments == 1
@@ -302,3 +307,28 @@ def test_booking_emails_say_the_customer_confirmed_once_they_replied_c(
         assert isinstance(shown, EmailMessage) and isinstance(silent, EmailMessage)
         assert line in shown.text and line in shown.html, kind
         assert line not in silent.text and line not in silent.html, kind
+
+
+def test_sms_with_links_fit_two_segments_for_typical_data() -> None:
+    """The manage link (about 120 characters) in the confirmation and reminder SMS: each
+    still within 2 GSM-7 segments, in both languages, and the others carry no link."""
+    linked = Composer(
+        load_settings(
+            FROM_EMAIL="noreply@pgnotify.example",
+            NOTIFICATION_LINK_BASE_URL="https://book.studionine.example",
+            NOTIFICATION_LINK_SECRET="s3cret",
+        ),
+        TemplateRenderer(),
+    )
+    for locale in ("en", "es"):
+        for kind in KINDS:
+            sms = linked.compose(
+                claimed(
+                    kind, "sms", recipient="+34600111222", context=raw(customer={"locale": locale})
+                )
+            )
+            assert isinstance(sms, SmsMessage)
+            count = count_segments(sms.body)
+            assert (count.encoding, count.segments) == ("GSM-7", 2 if "token=" in sms.body else 1)
+            has_link = kind in ("booking_confirmed", "reminder_24h", "reminder_2h")
+            assert ("https://book.studionine.example/bookings/" in sms.body) == has_link, kind

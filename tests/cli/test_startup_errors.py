@@ -349,3 +349,27 @@ def test_a_second_sigterm_while_connecting_exits_1(clean_db: str, tmp_path: Path
         proxy.stop()
     assert proc.returncode == 1, out
     assert '"ready"' not in out
+
+
+def test_a_link_base_url_without_its_secret_stops_every_command_naming_it(
+    tmp_path: Path,
+) -> None:
+    """Links cannot be signed without a secret: exit 2 naming NOTIFICATION_LINK_SECRET."""
+    env = {"NOTIFICATION_LINK_BASE_URL": "https://book.example.com"}
+    for command in ("run", "check"):
+        line = stopped_with_one_line(pgnotify(command, env=env, cwd=tmp_path))
+        assert "NOTIFICATION_LINK_SECRET" in line
+
+
+def test_the_link_secret_is_never_printed_even_pasted_into_the_base_url(tmp_path: Path) -> None:
+    """A clear-text base URL carrying the secret is refused naming the variable; the secret
+    appears nowhere in the output."""
+    secret = f"link-{uuid.uuid4().hex}"
+    env = {
+        "NOTIFICATION_LINK_BASE_URL": f"http://book.example.com/{secret}",
+        "NOTIFICATION_LINK_SECRET": secret,
+    }
+    proc = pgnotify("check", env=env, cwd=tmp_path)
+    line = stopped_with_one_line(proc)
+    assert "NOTIFICATION_LINK_BASE_URL" in line
+    assert_no_secret(proc.stdout + proc.stderr, secret)

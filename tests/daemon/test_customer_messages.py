@@ -131,10 +131,14 @@ def inbox_by_kind(db: Conn, user_id: UUID | None) -> dict[str, str]:
 
 
 def parts(message: EmailMessage) -> tuple[str, str]:
-    """The decoded text and HTML bodies."""
+    """The decoded text and HTML bodies, line breaks as LF (MIME text carries CRLF)."""
     text, html = message.get_body(("plain",)), message.get_body(("html",))
     assert text is not None and html is not None
-    return str(text.get_content()), str(html.get_content())
+    return _lf(text.get_content()), _lf(html.get_content())
+
+
+def _lf(content: object) -> str:
+    return str(content).replace("\r\n", "\n")
 
 
 def reference_of(db: Conn, booking: UUID) -> str:

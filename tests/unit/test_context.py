@@ -104,3 +104,65 @@ def test_locale_resolution_never_yields_a_path(
     candidates: tuple[str | None, ...], locale: str
 ) -> None:
     assert resolve_locale(*candidates) == locale
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("#0F766E", "#0f766e"),
+        ("#0f766e", "#0f766e"),
+        (None, "#2563eb"),
+        ("red", "#2563eb"),
+        ("#0f766e;background:url(x)", "#2563eb"),
+        ("#fff", "#2563eb"),
+        (1193046, "#2563eb"),
+    ],
+)
+def test_only_a_hex_colour_becomes_the_accent_anything_else_the_default(
+    value: object, shown: str
+) -> None:
+    assert build_context(raw(shop={"brand_color": value}))["brand_color"] == shown
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("https://cdn.example.com/logo.png", "https://cdn.example.com/logo.png"),
+        ("http://cdn.example.com/logo.png", ""),
+        ("javascript:alert(1)", ""),
+        ('https://x.example/a.png" onerror="alert(1)', ""),
+        ("https://", ""),
+        (None, ""),
+    ],
+)
+def test_only_an_https_logo_is_shown(value: object, shown: str) -> None:
+    assert build_context(raw(shop={"logo_url": value}))["logo_url"] == shown
+
+
+def test_a_time_range_names_its_zone_once_unless_the_zone_changes_between() -> None:
+    assert build_context(raw())["time_range"] == "15:30–16:15 CET"
+    # 02:30 CEST + 45 min on the night clocks go back (Madrid, 31 October 2027).
+    night = raw(booking={"starts_at": "2027-10-31T00:30:00+00:00", "ends_at": None})
+    assert build_context(night)["time_range"] == "02:30 CEST–02:15 CET"
+
+
+def test_the_former_start_is_shown_only_after_a_move() -> None:
+    assert build_context(raw())["previous_date"] == ""
+    moved = build_context(raw(booking={"previous_starts_at": "2026-11-30T16:48:00+00:00"}))
+    assert (moved["previous_date"], moved["previous_time_range"]) == (
+        "Monday, 30 November 2026",
+        "17:48–18:33 CET",
+    )
+
+
+@pytest.mark.parametrize(
+    ("accent", "text"),
+    [
+        ("#2563eb", "#ffffff"),
+        ("#0f766e", "#ffffff"),
+        ("#facc15", "#18181b"),
+        ("#ffffff", "#18181b"),
+    ],
+)
+def test_the_text_on_the_accent_is_white_or_black_whichever_reads(accent: str, text: str) -> None:
+    assert build_context(raw(shop={"brand_color": accent}))["brand_text_color"] == text

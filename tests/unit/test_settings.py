@@ -100,6 +100,10 @@ def test_a_bad_value_is_a_settings_error_naming_the_variable(
         ("DATABASE_URL", "postgresql://u:p@db:70000/app"),
         ("DATABASE_URL", "host=db password='unterminated"),
         ("LISTEN_DATABASE_URL", "postgresql://u:p@db:x/app"),
+        ("NOTIFICATION_LINK_BASE_URL", "http://book.example.com"),
+        ("NOTIFICATION_LINK_BASE_URL", "ftp://book.example.com"),
+        ("NOTIFICATION_LINK_BASE_URL", "https://"),
+        ("NOTIFICATION_LINK_BASE_URL", "https://book.example.com/?x=1"),
     ],
 )
 def test_a_setting_that_cannot_work_is_refused_naming_it(
@@ -248,3 +252,25 @@ def test_the_listen_url_defaults_to_the_database_url_as_an_asyncpg_url(
     assert settings.listen_database_url == settings.asyncpg_url
     monkeypatch.setenv("LISTEN_DATABASE_URL", "postgresql://daemon@db-primary:5432/app")
     assert load().listen_database_url == "postgresql://daemon@db-primary:5432/app"
+
+
+def test_links_need_their_secret_and_the_base_loses_its_trailing_slash(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No links by default; a base URL without NOTIFICATION_LINK_SECRET is refused naming
+    it; the secret may come from a file like the others and is never shown."""
+    assert load().link_signer is None
+    monkeypatch.setenv("NOTIFICATION_LINK_BASE_URL", "https://book.example.com/")
+    with pytest.raises(SettingsError, match="NOTIFICATION_LINK_SECRET is required"):
+        load()
+    (tmp_path / "link-secret").write_text("link-s3cret\n")
+    monkeypatch.setenv("NOTIFICATION_LINK_SECRET_FILE", str(tmp_path / "link-secret"))
+    settings = load()
+    assert settings.NOTIFICATION_LINK_BASE_URL == "https://book.example.com"
+    assert settings.link_signer is not None
+    assert settings.link_signer.secret == b"link-s3cret"
+    assert "link-s3cret" not in repr(settings) + repr(settings.link_signer)
+    assert "link-s3cret" not in str(settings.model_dump())
+    # Plain http only towards this machine (a developer's app), like TWILIO_API_URL.
+    monkeypatch.setenv("NOTIFICATION_LINK_BASE_URL", "http://127.0.0.1:8000/")
+    assert load().NOTIFICATION_LINK_BASE_URL == "http://127.0.0.1:8000"
