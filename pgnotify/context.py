@@ -287,8 +287,9 @@ def build_context(
     ``short_date``, ``time``, ``end_time``, ``duration``, ``price``, ``amount`` (the
     payment's), ``starts_at`` / ``ends_at`` (aware datetimes in the shop's zone, or
     ``None``), ``reference`` (``pgnotify.booking_reference``, computed by SQL), ``paid`` and
-    ``refunded`` (the booking's succeeded and refunded payments; both shown, zero included,
-    when either is not zero, else both ``""``), ``payment_date`` (when the payment reached
+    ``refunded`` (the booking's succeeded and refunded payments, each ``""`` when zero: a
+    payment changed to ``refunded`` no longer counts as succeeded, and "paid 0.00" beside
+    its refund would tell the customer they never paid), ``payment_date`` (when the payment reached
     its status, in the shop's zone), ``customer_confirmed`` (the customer replied C: set
     ``booking.customer_confirmed_at``), ``time_range`` (``17:48–18:33 CET``, the zone once),
     ``previous_date`` / ``previous_time_range`` (the start before the booking's last move,
@@ -323,9 +324,6 @@ def build_context(
     currency = booking.get("currency") or service.get("currency")
     paid = format_totals(booking.get("paid"), lang, first=currency)
     refunded = format_totals(booking.get("refunded"), lang, first=currency)
-    if paid or refunded:
-        zero = format_money(0, currency, lang)
-        paid, refunded = paid or zero, refunded or zero
     reference = booking.get("reference")
     previous = parse_timestamp(booking.get("previous_starts_at"))
     local_previous: datetime | None = None

@@ -192,7 +192,7 @@ async def test_a_cancellation_states_what_was_paid_and_what_was_refunded(
     assert "Paid:       €18.50\nRefunded:   €6.00\n" in text
     assert re.search(r">Paid<.*>€18\.50<.*>Refunded<.*>€6\.00<", html, re.S)
     assert (
-        "Paid €18.50, refunded €6.00."
+        "Paid €18.50. Refunded €6.00."
         in sms_by_kind(db, booking, twilio_server)["booking_cancelled"]
     )
     assert "Paid: €18.50. Refunded: €6.00." in inbox_by_kind(db, world.user_id)["booking_cancelled"]
@@ -268,7 +268,7 @@ ORDINARY = {
     },
 }
 OPT_OUT = {"en": "Reply STOP to opt out.", "es": "Responde STOP para darte de baja."}
-ON_TIME = {"en": "Please arrive on time.", "es": "Por favor, llega puntual."}
+ON_TIME = {"en": "Please arrive on time.", "es": "Llega puntual."}
 REPLY_C = {"en": "Reply C to confirm.", "es": "Responde C para confirmar."}
 AMOUNTS = {"en": ("€25.00", "€10.00"), "es": ("25,00 €", "10,00 €")}
 

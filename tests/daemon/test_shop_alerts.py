@@ -6,7 +6,7 @@ to the customer as before."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -47,6 +47,17 @@ def local_time(db: Conn, booking: UUID, zone: str) -> str:
     return starts_at.astimezone(ZoneInfo(zone)).strftime("%H:%M %Z")
 
 
+def local_range(db: Conn, booking: UUID, zone: str) -> str:
+    """The appointment as emails show it: start–end, the zone once ("21:29–22:14 CET")."""
+    (starts_at, minutes) = db.execute(
+        "select starts_at, duration_minutes from booking.bookings where id = %s", (booking,)
+    ).fetchone() or (None, None)
+    assert isinstance(starts_at, datetime) and isinstance(minutes, int)
+    start = starts_at.astimezone(ZoneInfo(zone))
+    end = (starts_at + timedelta(minutes=minutes)).astimezone(ZoneInfo(zone))
+    return f"{start:%H:%M}–{end:%H:%M %Z}"
+
+
 async def test_each_alert_reaches_the_shop_in_its_language_and_the_customer_gets_hers(
     db: Conn, clean_db: str, tmp_path: Path, smtp_server: SmtpPeer
 ) -> None:
@@ -63,7 +74,7 @@ async def test_each_alert_reaches_the_shop_in_its_language_and_the_customer_gets
     emails = emails_by_kind(db, booking, smtp_server)
     assert set(emails) == SHOP_KINDS | {"booking_confirmed", "payment_failed", "booking_cancelled"}
     reference = reference_of(db, booking)
-    when = local_time(db, booking, "Europe/Madrid")
+    when = local_range(db, booking, "Europe/Madrid")
     for kind in SHOP_KINDS:
         email = emails[kind]
         assert email["To"] == "Fade & Co <hello@fade.example>", kind

@@ -15,13 +15,16 @@ def test_the_reference_comes_from_sql_and_is_blank_without_it() -> None:
     assert build_context(raw(booking={"reference": 12}))["reference"] == ""
 
 
-def test_paid_and_refunded_are_both_stated_when_either_is_not_zero() -> None:
+def test_paid_and_refunded_are_each_stated_when_not_zero() -> None:
     """A full refund (the payment changed to `refunded`) leaves nothing `succeeded`: the
-    zero is stated beside the refund, in the booking's currency."""
+    refund is stated alone, never beside a "paid 0.00" that would tell the customer they
+    never paid; a partial refund (its own `refunded` row) shows both."""
     ctx = build_context(raw(booking={"paid": None, "refunded": {"EUR": 4500}}))
-    assert (ctx["paid"], ctx["refunded"]) == ("€0.00", "€45.00")
+    assert (ctx["paid"], ctx["refunded"]) == ("", "€45.00")
     ctx = build_context(raw(booking={"paid": {"EUR": 4500}, "refunded": None}))
-    assert (ctx["paid"], ctx["refunded"]) == ("€45.00", "€0.00")
+    assert (ctx["paid"], ctx["refunded"]) == ("€45.00", "")
+    ctx = build_context(raw(booking={"paid": {"EUR": 4500}, "refunded": {"EUR": 1000}}))
+    assert (ctx["paid"], ctx["refunded"]) == ("€45.00", "€10.00")
 
 
 @pytest.mark.parametrize("totals", [None, {}, {"EUR": 0}, "garbage", {"EUR": "45"}])
