@@ -309,10 +309,10 @@ def test_booking_emails_say_the_customer_confirmed_once_they_replied_c(
         assert line not in silent.text and line not in silent.html, kind
 
 
-def test_sms_with_links_fit_two_segments_for_typical_data() -> None:
-    """The manage link (about 120 characters) in the confirmation and reminder SMS: each
-    still within 2 GSM-7 segments, in both languages, and the others carry no link."""
-    linked = Composer(
+@pytest.fixture(scope="module")
+def linked() -> Composer:
+    """A composer with signed links on."""
+    return Composer(
         load_settings(
             FROM_EMAIL="noreply@pgnotify.example",
             NOTIFICATION_LINK_BASE_URL="https://book.studionine.example",
@@ -320,6 +320,48 @@ def test_sms_with_links_fit_two_segments_for_typical_data() -> None:
         ),
         TemplateRenderer(),
     )
+
+
+@pytest.mark.parametrize(
+    ("locale", "note", "confirmed"),
+    [
+        ("en", "An automated alert about a booking at your shop.", "The customer confirmed"),
+        ("es", "Aviso automático sobre una reserva en tu negocio.", "El cliente ha confirmado"),
+    ],
+)
+def test_a_shop_alert_lets_the_shop_reach_the_customer_and_carries_no_customer_link(
+    linked: Composer, locale: str, note: str, confirmed: str
+) -> None:
+    """The customer's signed manage link is theirs alone; the shop gets the customer's
+    email and phone as links, a footer addressed to it, and the customer's C reply in the
+    third person."""
+    context = raw(
+        shop={"locale": locale}, booking={"customer_confirmed_at": "2027-05-09T18:02:00+00:00"}
+    )
+    for kind in ("shop_booking_confirmed", "shop_booking_cancelled"):
+        n = replace(claimed(kind, context=context), audience="shop")
+        email = linked.compose(n)
+        assert isinstance(email, EmailMessage)
+        for part in (email.text, email.html):
+            assert "book.studionine.example" not in part, kind
+            assert note in part and confirmed in part, kind
+            assert "about your booking" not in part and "sobre tu reserva." not in part, kind
+        assert 'href="mailto:maria@example.com"' in email.html, kind
+        assert 'href="tel:+34600111222"' in email.html, kind
+
+
+def test_body_phone_numbers_are_tel_links(linked: Composer) -> None:
+    """Where an email asks the customer to call, the number is a `tel:` link."""
+    for locale in ("en", "es"):
+        for kind in ("booking_confirmed", "booking_cancelled", "payment_failed"):
+            email = linked.compose(claimed(kind, context=raw(customer={"locale": locale})))
+            assert isinstance(email, EmailMessage)
+            assert email.html.count('href="tel:+34911234567"') == 2, (locale, kind)
+
+
+def test_sms_with_links_fit_two_segments_for_typical_data(linked: Composer) -> None:
+    """The manage link (about 120 characters) in the confirmation and reminder SMS: each
+    still within 2 GSM-7 segments, in both languages, and the others carry no link."""
     for locale in ("en", "es"):
         for kind in KINDS:
             sms = linked.compose(
