@@ -192,7 +192,9 @@ insert into pgnotify.kinds (kind, description, about_payment, audience, same_eve
     ('shop_booking_cancelled', 'to the shop: a confirmed booking was cancelled',
         false, 'shop', 'booking_cancelled'),
     ('shop_payment_failed',    'to the shop: a payment failed',
-        true,  'shop', 'payment_failed');
+        true,  'shop', 'payment_failed'),
+    ('shop_customer_confirmed', 'to the shop: the customer replied C to confirm',
+        false, 'shop', null);
 
 create table pgnotify.channels (
     channel     text primary key check (channel ~ '^[a-z][a-z0-9_]{0,62}$'),
@@ -227,7 +229,8 @@ union all select 'sms_help', 'sms'
 -- The shop's alerts by email only; a shop row (or the default) adds `sms` to its phone.
 union all select 'shop_booking_confirmed', 'email'
 union all select 'shop_booking_cancelled', 'email'
-union all select 'shop_payment_failed', 'email';
+union all select 'shop_payment_failed', 'email'
+union all select 'shop_customer_confirmed', 'email';
 
 -- How long before `starts_at` each reminder is due. Same override scheme as routes.
 create table pgnotify.reminder_rules (
@@ -1177,7 +1180,8 @@ revoke execute on function pgnotify.skip_known_inbound() from public;
 --            carrier too), and no other channel's;
 --   help     `sms_help` queued about the most recently made booking of theirs, so it names
 --            that booking's shop and is sent in that customer's language;
---   confirm  `customer_confirmed_at` set on their next upcoming confirmed booking.
+--   confirm  `customer_confirmed_at` set on their next upcoming confirmed booking, and the
+--            first time, `shop_customer_confirmed` queued to its shop.
 create function pgnotify.on_inbound_message() returns trigger
 language plpgsql
 security definer
@@ -1229,6 +1233,12 @@ begin
         else
             update booking.bookings set customer_confirmed_at = now()
             where id = v_booking and customer_confirmed_at is null;
+            -- The shop hears of the first C only (a second one confirms nothing new).
+            if found then
+                perform pgnotify.enqueue(array[row(
+                    v_booking, null, 'shop_customer_confirmed',
+                    'reply:' || coalesce(new.provider_id, new.id::text), now())::pgnotify.event]);
+            end if;
             v_detail := 'booking ' || v_booking || ' confirmed by the customer';
         end if;
     end if;

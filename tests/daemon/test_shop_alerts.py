@@ -158,3 +158,26 @@ async def test_the_shops_address_is_read_when_the_alert_is_sent(
     assert alert(to_none) == ("skipped", None, "shop has no email address")
     shop_mail = [m for m in smtp_server.messages if "fade.example" in m.rcpt_tos[0]]
     assert [m.rcpt_tos for m in shop_mail] == [("desk@fade.example",)]
+
+
+async def test_a_customers_c_reaches_the_shop_as_an_alert(
+    db: Conn, clean_db: str, tmp_path: Path, smtp_server: SmtpPeer
+) -> None:
+    """The customer replies C: the shop gets "attendance confirmed" by email, in its
+    language, naming the customer's confirmation in the third person; the customer's own
+    later emails say "you confirmed"."""
+    world = make_world(db, shop_alerts=True, shop_locale="es")
+    booking = make_booking(db, world, starts_in=timedelta(days=2))
+    db.execute(
+        "insert into pgnotify.inbound_messages (from_address, body, provider_id)"
+        " values ('+34 600 111 222', ' c ', 'SM-c') on conflict do nothing"
+    )
+    await deliver_everything_due(clean_db, tmp_path, **smtp_settings(smtp_server))
+
+    alert = emails_by_kind(db, booking, smtp_server)["shop_customer_confirmed"]
+    assert alert["To"] == "Fade & Co <hello@fade.example>"
+    assert str(alert["Subject"]).startswith("Confirmada: Ana Pérez vendrá a")
+    text, html = parts(alert)
+    for part in (text, html):
+        assert "El cliente ha confirmado su asistencia (respondió C)." in part
+        assert local_range(db, booking, "Europe/Madrid") in part

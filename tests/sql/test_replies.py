@@ -172,6 +172,35 @@ def test_confirm_marks_the_next_upcoming_confirmed_booking_only(db: Conn, word: 
     assert notification_count(db) == before  # confirming is not a lifecycle event
 
 
+def test_the_first_confirmation_tells_the_shop_once(db: Conn) -> None:
+    """The shop's alert stream shows a customer's C: `shop_customer_confirmed` to the
+    shop's email, queued by the first C only (the second confirms nothing new)."""
+    world = make_world(db, shop_alerts=True)
+    booking = make_booking(db, world, starts_in=timedelta(days=1))
+    reply(db, "C", sid="SM-first")
+    reply(db, "confirm", sid="SM-again")
+    rows = db.execute(
+        "select channel, recipient, status, occurrence from pgnotify.notifications"
+        " where kind = 'shop_customer_confirmed' and booking_id = %s",
+        (booking,),
+    ).fetchall()
+    assert rows == [("email", "hello@fade.example", "pending", "reply:SM-first")]
+
+
+def test_a_shop_can_switch_the_confirmation_alert_off(db: Conn) -> None:
+    world = make_world(db, shop_alerts=True)
+    db.execute(
+        "insert into pgnotify.routes (shop_id, kind, channel, enabled)"
+        " values (%s, 'shop_customer_confirmed', 'email', false)",
+        (world.shop_id,),
+    )
+    make_booking(db, world, starts_in=timedelta(days=1))
+    assert reply(db, "C")[0] == "confirm"
+    assert db.execute(
+        "select count(*) from pgnotify.notifications where kind = 'shop_customer_confirmed'"
+    ).fetchone() == (0,)
+
+
 def notification_count(db: Conn) -> int:
     row = db.execute("select count(*) from pgnotify.notifications").fetchone()
     assert row is not None

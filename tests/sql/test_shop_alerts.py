@@ -32,14 +32,16 @@ def shop_world(db: Conn, **fields: Any) -> World:
 
 
 def test_the_shop_kinds_are_rows_of_the_catalog_addressed_to_the_shop(db: Conn) -> None:
-    """One INSERT per kind and per route: each alert follows a customer kind, goes to the
-    shop, by email only unless a row says otherwise."""
+    """One INSERT per kind and per route: each alert but the customer's C (queued by the
+    reply trigger) follows a customer kind, goes to the shop, by email only unless a row
+    says otherwise."""
     assert db.execute(
         "select kind, audience, same_event_as, about_payment from pgnotify.kinds"
         " where audience = 'shop' or same_event_as is not null order by kind"
     ).fetchall() == [
         ("shop_booking_cancelled", "shop", "booking_cancelled", False),
         ("shop_booking_confirmed", "shop", "booking_confirmed", False),
+        ("shop_customer_confirmed", "shop", None, False),
         ("shop_payment_failed", "shop", "payment_failed", True),
     ]
     assert db.execute(
@@ -48,6 +50,7 @@ def test_the_shop_kinds_are_rows_of_the_catalog_addressed_to_the_shop(db: Conn) 
     ).fetchall() == [
         ("shop_booking_cancelled", "email", True),
         ("shop_booking_confirmed", "email", True),
+        ("shop_customer_confirmed", "email", True),
         ("shop_payment_failed", "email", True),
     ]
 
