@@ -32,7 +32,7 @@ from pgnotify.render_pool import RenderPool, ShopSource
 from pgnotify.segments import cap_sms, count_segments, fold_to_gsm7, shorten_for_sms
 from pgnotify.settings import Settings
 from pgnotify.templates import PARTS, TemplateRenderer
-from pgnotify.text import one_line
+from pgnotify.text import one_line, storable
 
 _BLANK_LINES = re.compile(r"\n(?:[ \t]*\n){2,}")
 _MAX_NAME = 100
@@ -215,7 +215,11 @@ class Composer:
             return self._email(n, n.recipient, ctx, parts)
         if n.channel == "sms":
             return SmsMessage(n.id, n.recipient, cap_sms(fold_to_gsm7(parts["sms.txt"])))
-        return InappMessage(n.id, one_line(parts["inapp_title.txt"]), parts["inapp_body.txt"])
+        # Written to pgnotify.inbox with the batch's other rows: what a template rendered
+        # must not fail that statement (a NUL byte would, for the whole batch).
+        return InappMessage(
+            n.id, storable(one_line(parts["inapp_title.txt"])), storable(parts["inapp_body.txt"])
+        )
 
     def _render(self, kind: str, part: str, ctx: Mapping[str, Any]) -> str:
         # Inline: only for parts that read no shop file, so the shop's folder is left out.

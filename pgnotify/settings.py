@@ -1,7 +1,8 @@
 """Settings from the environment (and ``.env``), named as in CONTRACT.md §4.
 
 Secrets can also come from files, for systemd's ``LoadCredential=``: ``SMTP_PASSWORD_FILE``,
-``TWILIO_AUTH_TOKEN_FILE`` and ``DATABASE_URL_FILE``, or a file of the setting's name in
+``TWILIO_AUTH_TOKEN_FILE``, ``DATABASE_URL_FILE``, ``LISTEN_DATABASE_URL_FILE`` and
+``NOTIFICATION_LINK_SECRET_FILE``, or a file of the setting's name in
 ``$CREDENTIALS_DIRECTORY``. Secrets are ``SecretStr`` so they never reach a log line, and
 they are handed to ``text.redact`` as they load, so no error message shows them either.
 

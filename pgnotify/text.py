@@ -37,6 +37,13 @@ def one_line(value: str, limit: int = MAX_LINE) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+def storable(value: str) -> str:
+    """``value`` as Postgres can store it in a text column: no NUL, no lone surrogate
+    (which UTF-8 cannot encode), each replaced rather than failing the statement that
+    writes it and every other row of that statement with it."""
+    return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
 def _forms(secret: str) -> set[str]:
     """A secret as it may be printed: as given or percent-decoded, each percent-encoded
     the ways URLs and forms do."""

@@ -132,6 +132,28 @@ create trigger payments_touch_updated_at
     for each row when (old.* is distinct from new.*)
     execute function booking.touch_updated_at();
 
+-- A customer's C (`customer_confirmed_at`, set by the reply trigger, section 3) confirms
+-- one appointment: when the booking moves or changes status, it no longer holds, so emails
+-- about the new time do not claim it and the customer's next C counts (and tells the shop)
+-- again. Unless the same UPDATE sets it itself.
+create function booking.forget_stale_confirmation() returns trigger
+language plpgsql as $$
+begin
+    if new.customer_confirmed_at is not distinct from old.customer_confirmed_at then
+        new.customer_confirmed_at := null;
+    end if;
+    return new;
+end
+$$;
+
+create trigger bookings_forget_stale_confirmation
+    before update on booking.bookings
+    for each row
+    when (old.customer_confirmed_at is not null
+          and (old.starts_at is distinct from new.starts_at
+               or old.status is distinct from new.status))
+    execute function booking.forget_stale_confirmation();
+
 
 -- ===========================================================================================
 -- 2. Queue
@@ -588,8 +610,13 @@ declare
     quiet_from timestamptz;
     quiet_to timestamptz;
 begin
+    -- Outside years 1-200000 the local times below could overflow the timestamp range
+    -- (and fail the application's INSERT): such a reminder is the past-reminder rule's or
+    -- lies millennia ahead; quiet hours leave it alone.
     if p_quiet_starts is null or p_quiet_ends is null or p_quiet_starts = p_quiet_ends
-       or p_zone is null or not isfinite(p_due) or not isfinite(p_starts_at) then
+       or p_zone is null or not isfinite(p_due) or not isfinite(p_starts_at)
+       or p_due not between timestamptz '0001-01-02 00:00+00' and timestamptz '200000-01-01 00:00+00'
+    then
         return (p_due, null, null)::pgnotify.quiet_slot;
     end if;
     local_due := p_due at time zone p_zone;
@@ -1138,7 +1165,7 @@ create trigger notifications_freeze_ics_sequence
 create function pgnotify.reply_action(p_body text) returns text
 language sql immutable parallel safe
 as $$
-    select case upper(btrim(p_body, E' \t\r\n\f\v'))
+    select case upper(btrim(p_body, E' \t\r\n\f\x0B'))
         when 'STOP' then 'opt_out' when 'STOPALL' then 'opt_out'
         when 'UNSUBSCRIBE' then 'opt_out' when 'CANCEL' then 'opt_out'
         when 'END' then 'opt_out' when 'QUIT' then 'opt_out'

@@ -288,3 +288,32 @@ def test_an_unknown_time_zone_falls_back_and_never_fails_the_insert(
         "pending",
         "moved_before_quiet_hours",
     )
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Pacific/Kiritimati", "Pacific/Pago_Pago"])
+@pytest.mark.parametrize("starts_at", ["294276-12-31 23:30+00", "294276-12-31 05:00+00"])
+def test_a_booking_at_the_end_of_time_never_fails_the_insert(
+    db: Conn, quiet_hours: object, zone: str, starts_at: str
+) -> None:
+    """Local times near the last timestamp Postgres holds would overflow: quiet hours
+    leave such a reminder alone instead of failing the application's INSERT or move."""
+    world = make_world(db, timezone=zone)
+    booking = make_booking(db, world)
+    db.execute(
+        "update booking.bookings set starts_at = %s::timestamptz where id = %s",
+        (starts_at, booking),
+    )
+    inserted = db.execute(
+        "insert into booking.bookings (shop_id, staff_id, service_id, customer_id,"
+        " starts_at, duration_minutes, total_cents, status)"
+        " values (%s, %s, %s, %s, %s::timestamptz, 45, 2500, 'confirmed') returning id",
+        (world.shop_id, world.staff_id, world.service_id, world.customer_id, starts_at),
+    ).fetchone()
+    assert inserted is not None
+    for moved_or_inserted in (booking, inserted[0]):
+        assert db.execute(
+            "select status, held_reason, run_at = %s::timestamptz - interval '2 hours'"
+            " from pgnotify.notifications"
+            " where booking_id = %s and kind = 'reminder_2h' and channel = 'sms'",
+            (starts_at, moved_or_inserted),
+        ).fetchall() == [("pending", None, True)]

@@ -7,12 +7,14 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.error import HTTPError
 from urllib.parse import urlencode
-from urllib.request import urlopen
+from urllib.request import Request, urlopen
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import psycopg
 import pytest
+from twilio.request_validator import RequestValidator
 
 from tests.factories import make_booking, make_world
 
@@ -63,6 +65,9 @@ def sms_opt_outs(db: Conn) -> list[tuple[Any, ...]]:
         ("YES", "none"),
         ("", "none"),
         ("S T O P", "none"),
+        ("\x0bstop\x0b", "opt_out"),  # a vertical tab is white space
+        ("vstopv", "none"),  # the letter v is not
+        ("cv", "none"),
     ],
 )
 def test_the_whole_trimmed_body_in_any_case_decides_the_action(
@@ -187,6 +192,35 @@ def test_the_first_confirmation_tells_the_shop_once(db: Conn) -> None:
     assert rows == [("email", "hello@fade.example", "pending", "reply:SM-first")]
 
 
+def test_a_move_forgets_the_confirmation_and_the_next_c_counts_again(db: Conn) -> None:
+    """A C confirms one appointment: moved (or cancelled), the booking no longer claims it,
+    and the customer's next C confirms the new time and tells the shop again."""
+    world = make_world(db, shop_alerts=True)
+    booking = make_booking(db, world, starts_in=timedelta(days=1))
+    reply(db, "C", sid="SM-1")
+    db.execute(
+        "update booking.bookings set starts_at = starts_at + interval '1 day' where id = %s",
+        (booking,),
+    )
+    assert db.execute(
+        "select customer_confirmed_at from booking.bookings where id = %s", (booking,)
+    ).fetchone() == (None,)
+    assert reply(db, "C", sid="SM-2")[2] == f"booking {booking} confirmed by the customer"
+    assert db.execute(
+        "select occurrence from pgnotify.notifications"
+        " where kind = 'shop_customer_confirmed' order by id"
+    ).fetchall() == [("reply:SM-1",), ("reply:SM-2",)]
+    db.execute(  # an application that sets it in the same UPDATE keeps its value
+        "update booking.bookings set starts_at = starts_at + interval '1 hour',"
+        " customer_confirmed_at = '2030-01-01 00:00+00' where id = %s",
+        (booking,),
+    )
+    assert db.execute(
+        "select customer_confirmed_at is not null from booking.bookings where id = %s",
+        (booking,),
+    ).fetchone() == (True,)
+
+
 def test_a_shop_can_switch_the_confirmation_alert_off(db: Conn) -> None:
     world = make_world(db, shop_alerts=True)
     db.execute(
@@ -277,15 +311,32 @@ def test_the_example_webhook_records_a_reply_once_however_often_twilio_posts_it(
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     monkeypatch.setenv("DATABASE_URL", clean_db)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "webhook-token")
     server = make_server("127.0.0.1", 0, example.app, handler_class=_QuietHandler)
+    url = f"http://127.0.0.1:{server.server_port}/sms"
+    monkeypatch.setenv("WEBHOOK_URL", url)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    form = urlencode(
-        {"From": PHONE, "To": "+15005550006", "Body": "STOP", "MessageSid": "SMweb"}
-    ).encode()
+    fields = {"From": PHONE, "To": "+15005550006", "Body": "STOP", "MessageSid": "SMweb"}
+    signed = RequestValidator("webhook-token").compute_signature(url, fields)
+
+    def post(form: dict[str, str], signature: str) -> tuple[int, bytes]:
+        request = Request(url, urlencode(form).encode(), {"X-Twilio-Signature": signature})
+        try:
+            with urlopen(request) as answer:
+                return answer.status, answer.read()
+        except HTTPError as refused:
+            return refused.code, refused.read()
+
     try:
+        # Forged (no or a wrong signature), or signed without a MessageSid: refused.
+        assert post({**fields, "Body": "C"}, signed)[0] == 403
+        assert post(fields, "")[0] == 403
+        unsid = {**fields, "MessageSid": ""}
+        assert (
+            post(unsid, RequestValidator("webhook-token").compute_signature(url, unsid))[0] == 403
+        )
         for _ in range(2):  # Twilio retries a webhook it did not hear back from
-            with urlopen(f"http://127.0.0.1:{server.server_port}/sms", data=form) as answer:
-                assert (answer.status, answer.read()) == (200, b"<Response/>")
+            assert post(fields, signed) == (200, b"<Response/>")
     finally:
         server.shutdown()
         server.server_close()
