@@ -45,8 +45,6 @@ _MESSAGE_ID = re.compile(r"<[!-;=?-~]+@[!-;=?-~]+>")
 _MAX_PLAIN = 900  # RFC 5322 caps a line at 998 octets; longer values are folded words
 _MAX_NAME = 200  # characters; as one encoded word it stays well under 998 octets
 _WORD_BYTES = 42  # 56 base64 characters: each encoded word stays within 75 characters
-# A line of 76 octets or more that ends in an encoded blank: see _quoted_printable_body.
-_QP_LONG_BLANK = re.compile(rb"^.{73,}=(?:20|09)$", re.MULTILINE)
 ICS_METHODS = frozenset({"REQUEST", "CANCEL", "PUBLISH"})
 
 
@@ -128,24 +126,8 @@ def _quoted_printable_body(content: str) -> bytes:
     line belongs to the boundary that follows, so a trailing line break of ``content``
     survives as an empty last line. A reader gets the text back with CRLF line ends (the
     canonical form of MIME text).
-
-    One call over the whole text (``istext=True``) gives the same bytes at a fraction of
-    the cost of one call per line, except with a bare CR (left raw) or a line ending in
-    a blank 73 or 74 octets in (binascii encodes it as ``=20`` after the fact, without the
-    soft break that keeps lines within 76 octets): those texts take the line-by-line path.
-    tests/unit/test_mime.py holds both paths to the same output.
     """
-    text = content.replace("\r\n", "\n")
-    if "\r" not in text:
-        encoded = b2a_qp(text.encode("utf-8"), istext=True)
-        if not ((b"=20\n" in encoded or b"=09\n" in encoded) and _QP_LONG_BLANK.search(encoded)):
-            return encoded.replace(b"\n", b"\r\n") + b"\r\n"
-    return _quoted_printable_lines(text)
-
-
-def _quoted_printable_lines(text: str) -> bytes:
-    """``_quoted_printable_body`` line by line, each line binary: the reference encoding."""
-    lines = text.split("\n")
+    lines = content.replace("\r\n", "\n").split("\n")
     return (
         b"\r\n".join(
             b2a_qp(line.encode("utf-8"), istext=False).replace(b"=\n", b"=\r\n") for line in lines

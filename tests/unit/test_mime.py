@@ -15,14 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pgnotify.channels.base import EmailMessage
-from pgnotify.channels.mime import (
-    _BLANKS,
-    _quoted_printable_body,
-    _quoted_printable_lines,
-    build_mime,
-    format_address,
-    header_value,
-)
+from pgnotify.channels.mime import _BLANKS, build_mime, format_address, header_value
 from pgnotify.errors import PermanentError
 
 FROM = "noreply@pgnotify.example"
@@ -182,26 +175,3 @@ def test_every_field_comes_back_exactly_and_nothing_else_appears(
     # Text travels in canonical form, its line breaks CRLF; nothing else changes.
     assert plain.get_content() == _canonical(text)
     assert rich.get_content() == _canonical(html)
-
-
-_QP_PIECES = st.sampled_from(
-    [*" \t.=\n\r\x00\x0b\x7fa-_é€😀", "\r\n", "a" * 70, " " * 75, "x" * 74 + " ", "=" * 30]
-)
-
-
-@settings(max_examples=2000, deadline=None)
-@given(st.one_of(st.lists(_QP_PIECES, max_size=40).map("".join), st.text(max_size=300)))
-def test_quoted_printable_in_one_call_is_the_line_by_line_encoding(content: str) -> None:
-    """The fast path (one binascii call) sends exactly the reference bytes, lines <= 76."""
-    encoded = _quoted_printable_body(content)
-    assert encoded == _quoted_printable_lines(content.replace("\r\n", "\n"))
-    assert all(len(line) <= 76 for line in encoded.split(b"\r\n"))
-
-
-@pytest.mark.parametrize("blank", [" ", "\t"])
-@pytest.mark.parametrize("width", range(68, 80))
-def test_a_blank_at_the_end_of_a_long_line_is_encoded_as_line_by_line(
-    blank: str, width: int
-) -> None:
-    content = f"{'a' * width}{blank}\n-- \nnext"
-    assert _quoted_printable_body(content) == _quoted_printable_lines(content)
