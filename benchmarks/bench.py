@@ -16,6 +16,9 @@ It creates its own database (``devcluster.fresh_database``) on the server
   loop of the same run;
 - commits/s of single-row booking INSERTs from 8 connections with the wake-up NOTIFY on
   and off (``pgnotify.settings.wakeup_notify``);
+- the daemon's CPU per delivered email, SMS and in-app notification, each channel
+  drained alone (3,000 rows, one daemon of 4×100), email and SMS through the real SMTP and
+  Twilio-shaped peers;
 - latency from a booking's COMMIT to the SMTP / Twilio-shaped server receiving the message,
   at 200 bookings/s for 20 s;
 - the daemon's RSS after 10,000 and 100,000 notifications, and its peak;
@@ -82,6 +85,7 @@ DRAIN_CONFIGS = (
     ("2d4x100", 4, 100, 2),
     ("3d4x100", 4, 100, 3),
 )
+CHANNEL_ROWS = 3_000  # per channel, for the daemon's CPU per email, SMS and in-app
 COMMIT_CONNECTIONS = 8
 COMMIT_SECONDS = 5.0
 QUICK_ENV = "PGNOTIFY_BENCH_QUICK"
@@ -582,20 +586,73 @@ class Bench:
             self.problems.append(f"drain {what} {who}{suffix}: exit codes {r['exit_codes']}")
         return r
 
-    async def latency(self) -> dict[str, Any]:
+    def peer_settings(self) -> dict[str, Any]:
+        """Settings that send email to the SMTP peer and SMS to the Twilio-shaped peer."""
         assert self.smtp is not None and self.twilio is not None
+        return {
+            "SMTP_SERVER": self.smtp.host,
+            "SMTP_PORT": self.smtp.port,
+            "SMTP_SECURITY": "none",
+            "TWILIO_ACCOUNT_SID": self.twilio.account_sid,
+            "TWILIO_AUTH_TOKEN": self.twilio.auth_token,
+            "TWILIO_PHONE_NUMBER": "+15550001111",
+            "TWILIO_API_URL": self.twilio.base_url,
+        }
+
+    def peer_counts(self) -> tuple[int, int]:
+        """(emails, SMS) the peers received so far."""
+        assert self.smtp is not None and self.twilio is not None
+        return len(self.smtp.messages), len(self.twilio.messages)
+
+    async def channel_cpu(self, channel: str) -> dict[str, Any]:
+        """Daemon CPU per delivered notification of one channel alone, email and SMS
+        through the real peers (connection reuse and the Twilio client's per-request
+        work included), drained by one daemon of 4×100."""
+        rows = CHANNEL_ROWS // 4 if self.args.quick else CHANNEL_ROWS
+        r = await measure.drain(
+            self.c,
+            self.daemon_settings(4, 100, **self.peer_settings()),
+            self.workdir / f"channel-{channel}",
+            daemons=1,
+            rows=rows,
+            channels=[channel],
+            runs=1,
+            url=self.url,
+            dbname=self.dbname,
+            delivered=self.peer_counts,
+        )
+        run = r["runs"][0]
+        name = {"email": "email → SMTP peer", "sms": "SMS → Twilio-shaped peer"}.get(
+            channel, "in-app"
+        )
+        self.fig(
+            f"channel_cpu_{channel}",
+            f"daemon CPU per notification, {name} alone (4×100)",
+            "µs",
+            note=f"{rows:,} notifications of one channel drained by one daemon; CPU time of"
+            " the daemon process (/proc), not wall time; the peers run in the benchmark"
+            if channel == "email"
+            else "",
+        ).values.append(run["cpu"]["daemon_us_per_item"])
+        self.fig(
+            f"channel_rate_{channel}", f"  drain rate, {name} alone (4×100)", "/s"
+        ).values.append(run["per_s"])
+        self.disturbed(f"channel CPU {channel}", run["cpu"])
+        for p in run["problems"]:
+            self.problems.append(f"channel CPU {channel}: {p}")
+        if r["log_anomalies"] or any(r["exit_codes"]):
+            self.problems.append(
+                f"channel CPU {channel}: daemon log {r['log_anomalies']}, exit {r['exit_codes']}"
+            )
+        return r
+
+    async def latency(self) -> dict[str, Any]:
         settings = self.daemon_settings(
             3,
             10,
             NOTIFICATION_LOG_LEVEL="info",
             NOTIFICATION_OUTBOX_DIR=self.workdir / "latency-outbox",
-            SMTP_SERVER=self.smtp.host,
-            SMTP_PORT=self.smtp.port,
-            SMTP_SECURITY="none",
-            TWILIO_ACCOUNT_SID=self.twilio.account_sid,
-            TWILIO_AUTH_TOKEN=self.twilio.auth_token,
-            TWILIO_PHONE_NUMBER="+15550001111",
-            TWILIO_API_URL=self.twilio.base_url,
+            **self.peer_settings(),
         )
         daemon = DaemonProcess(settings, self.workdir / "latency", name="latency")
         await measure._back_to_seed(self.c)
@@ -798,6 +855,10 @@ class Bench:
             ),
             Job("commits-notify-on", lambda: self.commits(True)),
             Job("commits-notify-off", lambda: self.commits(False)),
+            *(
+                Job(f"channel-{ch}", functools.partial(self.channel_cpu, ch))
+                for ch in ("email", "sms", "inapp")
+            ),
             Job("latency", self.latency),
             *([] if self.args.quick else [Job("memory", self.memory, repeat=False)]),
             Job("postgres", self.postgres),
@@ -818,6 +879,9 @@ class Bench:
         ("commits-notify-on", 3),
         ("commits-notify-off", 3),
         ("drain-outbox-4x100", 3),
+        ("channel-email", 3),
+        ("channel-sms", 3),
+        ("channel-inapp", 3),
         ("bare-4", 3),
         ("postgres", 3),
         ("drain-inapp-4x100-info", 3),
@@ -946,7 +1010,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         metavar="JOB",
         help="run only jobs whose name starts with JOB (triggers, bare, drain-inapp, "
-        "drain-outbox, latency, memory, postgres, mime, email, render-pool); repeatable",
+        "drain-outbox, channel, latency, memory, postgres, mime, email, render-pool); repeatable",
     )
     p.add_argument("--output", type=Path, default=snapshot.source_root() / "bench-results.json")
     p.add_argument("--keep-db", action="store_true", help="do not drop the database afterwards")

@@ -15,7 +15,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import cycle
 from pathlib import Path
@@ -330,6 +330,7 @@ async def drain_once(
     url: str,
     dbname: str,
     fresh_stats: bool = False,
+    delivered: Callable[[], tuple[int, int]] | None = None,
 ) -> DrainRun:
     """Queue ``rows`` due notifications in one committed INSERT while the daemons idle, and
     time from that commit to the last row's outcome (``max(updated_at)``, the database's
@@ -342,13 +343,16 @@ async def drain_once(
 
     Meanwhile a ``WaitSampler`` records what the backends wait on. Then check that nothing
     was lost or doubled: every row ``sent``, one inbox row per
-    in-app notification, one ``.eml`` per email and one ``sms.jsonl`` line per SMS.
+    in-app notification, one ``.eml`` per email and one ``sms.jsonl`` line per SMS, or,
+    when the daemons send to real peers, ``delivered()`` (emails, SMS the peers hold) grown
+    by one per email and SMS.
     """
     await conn.execute(ds.RESET_QUEUE)
     await conn.execute(ds.INSERT_HISTORY, HISTORY)
     await conn.execute("analyze pgnotify.notifications")
     if outbox is not None:
         _clear_dir(outbox)
+    before = delivered() if delivered is not None else (0, 0)
     meter = CpuMeter([d.pid for d in daemons], dbname)
     sampler = WaitSampler(url, dbname)
     await asyncio.sleep(0.2)  # let the daemons settle after the truncate
@@ -386,7 +390,15 @@ async def drain_once(
         inbox = await conn.fetchval("select count(*) from pgnotify.inbox")
         if inbox != expected["inapp"]:
             problems.append(f"inbox holds {inbox} rows for {expected['inapp']} in-app")
-    if outbox is not None:
+    if delivered is not None:
+        after = delivered()
+        emails, texts = after[0] - before[0], after[1] - before[1]
+        if (emails, texts) != (expected.get("email", 0), expected.get("sms", 0)):
+            problems.append(
+                f"the peers received {emails} emails and {texts} SMS for"
+                f" {expected.get('email', 0)} and {expected.get('sms', 0)}"
+            )
+    elif outbox is not None:
         files, lines = outbox_counts(outbox)
         if files != expected.get("email", 0):
             problems.append(f"outbox holds {files} .eml for {expected.get('email', 0)} emails")
@@ -422,8 +434,13 @@ async def drain(
     url: str,
     dbname: str,
     fresh_stats: bool = False,
+    delivered: Callable[[], tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
-    """Start ``daemons`` processes with ``settings``, drain ``runs`` backlogs, stop them."""
+    """Start ``daemons`` processes with ``settings``, drain ``runs`` backlogs, stop them.
+
+    ``delivered``: (emails, SMS) received so far, when ``settings`` point at real peers
+    rather than the outbox.
+    """
     outbox = workdir / "outbox"
     procs = [
         DaemonProcess({**settings, "NOTIFICATION_OUTBOX_DIR": outbox}, workdir, name=f"d{i}")
@@ -445,6 +462,7 @@ async def drain(
                     url=url,
                     dbname=dbname,
                     fresh_stats=fresh_stats,
+                    delivered=delivered,
                 )
             )
     finally:

@@ -110,7 +110,7 @@ def parse_timestamp(value: str | None) -> datetime | None:
 
 def zone_label(moment: datetime) -> str:
     """The zone as people write it: ``CET``, ``EST``; numeric-only zones as ``UTC-03``."""
-    abbreviation = moment.strftime("%Z")
+    abbreviation = moment.tzname() or ""  # what strftime("%Z") prints, without its cost
     if not abbreviation or abbreviation[0] in "+-":
         offset = moment.utcoffset() or timedelta(0)
         minutes = int(offset.total_seconds()) // 60

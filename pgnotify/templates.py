@@ -27,10 +27,9 @@ evaluates constant expressions, which is enough for ``'x' * 3000000000``.
 from __future__ import annotations
 
 import re
-from collections import ChainMap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import (
     Environment,
@@ -72,6 +71,7 @@ class TemplateRenderer:
         self.roots: tuple[Path, ...] = tuple(roots) if roots else (templates_dir(),)
         self._envs: dict[tuple[str | None, str], Environment] = {}
         self._templates: dict[tuple[str | None, str, str, str], Template] = {}
+        self._flat_globals: dict[Template, dict[str, Any]] = {}
         self._shop_dirs: dict[str, bool] = {}
         self._shop_sources: dict[tuple[str, str, str, str], ShopSource | None] = {}
         self._locales = frozenset(
@@ -99,6 +99,7 @@ class TemplateRenderer:
         """Forget compiled templates and shop folders, to pick up edits on disk."""
         self._envs.clear()
         self._templates.clear()
+        self._flat_globals.clear()
         self._shop_dirs.clear()
         self._shop_sources.clear()
 
@@ -118,10 +119,12 @@ class TemplateRenderer:
         """
         template = self.template(kind, part, locale=locale, shop_id=shop_id)
         try:
-            # What Template.render does, minus copying the globals and the context into a
-            # fresh dict on every call (half the cost of a short template): the context
-            # is read-only to templates, so it is shared, with the globals behind it.
-            scope: Any = ChainMap(cast(dict[str, Any], context), template.globals)
+            # What Template.render does, minus its dict(*args, **kwargs) and its walk of
+            # the globals' ChainMap on every call: one C-level merge of the globals
+            # (flattened once per template) and the context, which wins. Every variable
+            # lookup is then a dict lookup, not ChainMap's Python-level ``in`` and ``[]``
+            # (5 % of the daemon's CPU per email before).
+            scope = {**self._globals_of(template), **context}
             render = template.root_render_func(template.new_context(scope, shared=True))
             text = template.environment.concat(render)
         except TemplateError as exc:
@@ -136,6 +139,12 @@ class TemplateRenderer:
         if not text:
             raise PermanentError(f"{self._label(kind, part, locale, shop_id)} rendered empty")
         return text
+
+    def _globals_of(self, template: Template) -> dict[str, Any]:
+        flat = self._flat_globals.get(template)
+        if flat is None:
+            flat = self._flat_globals[template] = dict(template.globals)
+        return flat
 
     def template(
         self, kind: str, part: str, *, locale: str = DEFAULT_LOCALE, shop_id: str | None = None
