@@ -675,7 +675,8 @@ as $body$
         join pgnotify.quiet_hours q on q.shop_id is null or q.shop_id = s.shop_id
         order by s.shop_id, q.shop_id nulls last
     ),
-    slotted as (
+    -- Materialized: inlined, `(slot).…` below would call quiet_slot once per field.
+    slotted as materialized (
         select ev.booking_id, ev.kind,
                pgnotify.quiet_slot(ev.run_at, ev.starts_at, coalesce(zc.known, zs.known, 'UTC'),
                                    q.starts, q.ends, now()) as slot
