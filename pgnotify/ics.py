@@ -24,8 +24,8 @@ ICS_METHODS = {
 }
 """Kinds that carry an invitation, and its METHOD; other kinds send no ICS.
 
-The trigger ``notifications_freeze_ics_sequence`` (sql/001_baseline.sql) freezes
-``ics_sequence`` for the email rows of exactly these kinds."""
+``pgnotify.enqueue`` (sql/001_baseline.sql) freezes ``ics_sequence`` for the email rows
+of exactly these kinds."""
 
 MAX_SEQUENCE = 2**31 - 1
 """RFC 5545 SEQUENCE is an INTEGER: a signed 32-bit value, as calendar clients store it."""

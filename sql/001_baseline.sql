@@ -492,8 +492,13 @@ create type pgnotify.booking_change as (
 -- is null, so an infinite time is spelled out: a key must never be null (a booking
 -- inserted with `updated_at = 'infinity'`, or confirmed with `starts_at = 'infinity'`,
 -- would otherwise fail the application's own INSERT inside our trigger).
+--
+-- STABLE, not IMMUTABLE, here and in the two keys below: `to_char` is stable, and the
+-- planner inlines an SQL function only when its body is no more volatile than declared.
+-- Not inlined, each call set the function up again, and three calls per booking were
+-- two fifths of a one-booking INSERT's trigger time.
 create function pgnotify.time_key(ts timestamptz) returns text
-language sql immutable parallel safe
+language sql stable parallel safe
 as $$
     select case when ts = 'infinity' then 'infinity'
                 when ts = '-infinity' then '-infinity'
@@ -505,11 +510,11 @@ comment on function pgnotify.time_key(timestamptz) is
 
 -- Occurrence keys (see notifications_dedupe_key). Readable, because operators see them.
 create function pgnotify.version_key(ts timestamptz) returns text
-language sql immutable parallel safe
+language sql stable parallel safe
 as $$ select 'version:' || pgnotify.time_key(ts) $$;
 
 create function pgnotify.starts_key(ts timestamptz) returns text
-language sql immutable parallel safe
+language sql stable parallel safe
 as $$ select 'starts:' || pgnotify.time_key(ts) $$;
 
 -- The address a channel delivers to, resolved from the customer at enqueue time.
@@ -673,14 +678,13 @@ $$;
 -- lifecycle triggers pass a 10,000-row INSERT at once), each distinct zone checked once.
 -- Events already due, and other kinds, are left out: the past-reminder rule owns them.
 -- Called when reminders are queued (`enqueue`) and when they move (`on_bookings_updated`).
+-- SQL, not PL/pgSQL: the planner inlines it into the caller's statement, whose plan the
+-- caller caches, so a one-booking INSERT pays no function call and no second plan for it.
 create function pgnotify.quiet_hours_slots(p_events pgnotify.event[])
 returns table (booking_id uuid, kind text, run_at timestamptz, held_reason text,
                problem text)
-language plpgsql stable
+language sql stable
 as $body$
-#variable_conflict use_column
-begin
-    return query
     with ev as (
         select e.booking_id, e.kind, e.run_at, b.starts_at, b.shop_id,
                c.timezone as customer_zone, s.timezone as shop_zone
@@ -701,7 +705,8 @@ begin
         join pgnotify.quiet_hours q on q.shop_id is null or q.shop_id = s.shop_id
         order by s.shop_id, q.shop_id nulls last
     ),
-    slotted as (
+    -- Materialized: inlined, `(slot).…` below would call quiet_slot once per field.
+    slotted as materialized (
         select ev.booking_id, ev.kind,
                pgnotify.quiet_slot(ev.run_at, ev.starts_at, coalesce(zc.known, zs.known, 'UTC'),
                                    q.starts, q.ends, now()) as slot
@@ -710,10 +715,10 @@ begin
         left join zones zc on zc.zone = ev.customer_zone
         left join zones zs on zs.zone = ev.shop_zone
     )
-    select booking_id, kind, (slot).run_at, (slot).held_reason, (slot).problem
+    select slotted.booking_id, slotted.kind, (slot).run_at, (slot).held_reason,
+           (slot).problem
     from slotted
-    where (slot).held_reason is not null;
-end
+    where (slot).held_reason is not null
 $body$;
 
 comment on function pgnotify.quiet_hours_slots(pgnotify.event[]) is
@@ -732,6 +737,16 @@ comment on function pgnotify.quiet_hours_slots(pgnotify.event[]) is
 -- caches its plans, and for a one-booking INSERT (the common case) planning dominated the
 -- triggers. `work_mem`: a big INSERT fans out to many queue rows, and the planner cannot
 -- know how many events an array holds; the hash joins get room so they do not spill.
+-- `plan_cache_mode`: a statement with a parameter (the events) is otherwise planned again
+-- for its values on every call, because the generic plan's guess of an array's size costs
+-- more than one event's plan; that planning was half of a one-booking INSERT's trigger
+-- time. The generic plan serves a 10,000-row INSERT as well (measured: the same time).
+-- `random_page_cost`: the generic plan guesses ten events, and against a small bookings
+-- table (a few thousand rows, as in `make bench`) the default cost of ten index lookups
+-- exceeded one sequential scan, so every one-booking INSERT read the whole table; the rows
+-- these lookups touch are the ones just written, in cache, which 1.1 says. The trigger
+-- functions that pass arrays (`on_bookings_inserted`, `on_bookings_updated`) set both for
+-- the same reasons.
 --
 -- `enqueue` trusts its events and channels (its callers validate them): it must not be
 -- callable by hand.
@@ -743,6 +758,8 @@ create function pgnotify.enqueue(
 language plpgsql volatile
 security definer
 set work_mem = '64MB'
+set plan_cache_mode = force_generic_plan
+set random_page_cost = 1.1
 set search_path = pg_catalog, pg_temp
 as $body$
 begin
@@ -812,7 +829,7 @@ begin
     )
     insert into pgnotify.notifications as n
         (kind, channel, booking_id, payment_id, customer_id, shop_id, recipient,
-         status, run_at, occurrence, last_error, held_reason)
+         status, run_at, occurrence, last_error, held_reason, ics_sequence)
     select r.kind, r.channel, r.booking_id, r.payment_id, r.customer_id, r.shop_id, r.recipient,
            case when r.problem is not null then 'skipped'
                 when not p_manual and r.kind in ('reminder_24h', 'reminder_2h')
@@ -827,10 +844,20 @@ begin
                     then 'reminder due time already past when it was scheduled'
                 else h.problem
            end,
-           h.held_reason
+           h.held_reason,
+           -- The ICS SEQUENCE, frozen (see pgnotify.booking_versions): only the emails
+           -- that carry an invitation (pgnotify/ics.py, ICS_METHODS); a booking with no
+           -- row has not changed yet, version 0.
+           case when r.channel = 'email'
+                     and r.kind in ('booking_confirmed', 'booking_rescheduled',
+                                    'booking_cancelled')
+                then coalesce(v.version, 0) end
     from resolved r
     left join held h
            on h.booking_id = r.booking_id and h.kind = r.kind and r.channel = 'sms'
+    left join pgnotify.booking_versions v
+           on v.booking_id = r.booking_id and r.channel = 'email'
+          and r.kind in ('booking_confirmed', 'booking_rescheduled', 'booking_cancelled')
     on conflict do nothing
     returning n.id;
 end
@@ -839,16 +866,14 @@ $body$;
 revoke execute on function pgnotify.enqueue(pgnotify.event[], text[], boolean) from public;
 
 -- The reminders of confirmed bookings, at their exact offsets (shop rules over defaults).
--- PL/pgSQL for its cached plans, as `enqueue`. A booking that never starts (`starts_at`
--- infinite) has no reminders (its confirmation is skipped at send time with the reason,
--- and its pending reminders stop when it moves there), and the due time cannot overflow
--- (`due_before`).
+-- SQL, inlined into its callers' cached plans (as `quiet_hours_slots`). A booking that
+-- never starts (`starts_at` infinite) has no reminders (its confirmation is skipped at
+-- send time with the reason, and its pending reminders stop when it moves there), and the
+-- due time cannot overflow (`due_before`).
 create function pgnotify.reminder_events(p_booking_ids uuid[])
 returns setof pgnotify.event
-language plpgsql stable
+language sql stable
 as $body$
-begin
-    return query
     with b as (
         select id, shop_id, starts_at
         from booking.bookings
@@ -866,24 +891,32 @@ begin
                 then b.starts_at - rules.before_start
                 else pgnotify.due_before(b.starts_at, rules.before_start) end
     from b join rules on rules.shop_id = b.shop_id
-    where rules.enabled;
-end
+    where rules.enabled
 $body$;
 
 create function pgnotify.on_bookings_inserted() returns trigger
 language plpgsql
 security definer
+set plan_cache_mode = force_generic_plan
+set random_page_cost = 1.1
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+    confirmed uuid[];
 begin
+    -- A variable, not a sub-select, as the argument: the planner inlines an SQL function
+    -- (reminder_events) only when its arguments hold no sub-select.
+    confirmed := array(select n.id from new_rows n where n.status = 'confirmed');
+    if cardinality(confirmed) = 0 then
+        return null;
+    end if;
     perform pgnotify.enqueue(array(
         select row(n.id, null, 'booking_confirmed', pgnotify.version_key(n.updated_at), now())
                    ::pgnotify.event
         from new_rows n
         where n.status = 'confirmed'
         union all
-        select e from pgnotify.reminder_events(array(
-            select n.id from new_rows n where n.status = 'confirmed')) e
+        select e from pgnotify.reminder_events(confirmed) e
     ));
     return null;
 end
@@ -894,10 +927,14 @@ revoke execute on function pgnotify.on_bookings_inserted() from public;
 create function pgnotify.on_bookings_updated() returns trigger
 language plpgsql
 security definer
+set plan_cache_mode = force_generic_plan
+set random_page_cost = 1.1
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     changes pgnotify.booking_change[];
+    kept    uuid[];               -- confirmed before and after
+    fresh   uuid[];               -- newly confirmed, or confirmed and moved
     moved   pgnotify.event[];
 begin
     -- Only the columns that matter: status and starts_at. Anything else changes nothing.
@@ -922,10 +959,16 @@ begin
     -- A confirmed booking that moves takes its pending reminders along (to `skipped` if
     -- the new due time is already past), unless one for the new time exists already.
     -- Quiet hours are evaluated again for the SMS at the new time.
-    moved := array(
-        select e from pgnotify.reminder_events(array(
-            select c.id from unnest(changes) c
-            where c.old_status = 'confirmed' and c.new_status = 'confirmed')) e);
+    -- The id lists are variables, not sub-selects, so that reminder_events is inlined
+    -- (see on_bookings_inserted).
+    kept := array(
+        select c.id from unnest(changes) c
+        where c.old_status = 'confirmed' and c.new_status = 'confirmed');
+    fresh := array(
+        select c.id from unnest(changes) c
+        where c.new_status = 'confirmed'
+          and (c.old_status <> 'confirmed' or c.new_starts_at is distinct from c.old_starts_at));
+    moved := array(select e from pgnotify.reminder_events(kept) e);
     update pgnotify.notifications q
        set run_at = case when q.channel = 'sms' and h.run_at is not null then h.run_at
                          else e.run_at end,
@@ -974,10 +1017,7 @@ begin
         union all
         -- New reminders for newly confirmed and moved bookings; moved rows already hold
         -- the new occurrence, so the dedupe key drops their twins.
-        select e from pgnotify.reminder_events(array(
-            select c.id from unnest(changes) c
-            where c.new_status = 'confirmed'
-              and (c.old_status <> 'confirmed' or c.new_starts_at is distinct from c.old_starts_at))) e
+        select e from pgnotify.reminder_events(fresh) e
     ));
     return null;
 end
@@ -985,41 +1025,12 @@ $$;
 
 revoke execute on function pgnotify.on_bookings_updated() from public;
 
+-- One trigger function per table and operation, every payment rule in one pass: a
+-- succeeded or failed payment (its own version, so repeating an identical UPDATE queues
+-- nothing new), and a refund, i.e. a payment row inserted as `refunded` (a partial
+-- refund, its amount what was given back) or changed to `refunded` (all of it). As
+-- separate triggers the rules each paid a transition table and a call per statement.
 create function pgnotify.on_payments_changed() returns trigger
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-    if tg_op = 'INSERT' then
-        perform pgnotify.enqueue(array(
-            select row(n.booking_id, n.id,
-                       case n.status when 'succeeded' then 'payment_confirmed'
-                                     else 'payment_failed' end,
-                       pgnotify.version_key(n.updated_at), now())::pgnotify.event
-            from new_rows n
-            where n.status in ('succeeded', 'failed')));
-    else
-        perform pgnotify.enqueue(array(
-            select row(n.booking_id, n.id,
-                       case n.status when 'succeeded' then 'payment_confirmed'
-                                     else 'payment_failed' end,
-                       pgnotify.version_key(n.updated_at), now())::pgnotify.event
-            from new_rows n join old_rows o on o.id = n.id
-            where n.status in ('succeeded', 'failed') and n.status is distinct from o.status));
-    end if;
-    return null;
-end
-$$;
-
-revoke execute on function pgnotify.on_payments_changed() from public;
-
--- A refund is a payment row inserted as `refunded` (a partial refund, its amount what was
--- given back) or a payment changed to `refunded` (all of it). Its own trigger beside
--- `payments_lifecycle_*` rather than a branch of `on_payments_changed`: the two rules
--- share nothing but the table. Keyed like the other payment events: one occurrence per
--- payment version, so repeating an identical UPDATE queues nothing new.
-create function pgnotify.on_payments_refunded() returns trigger
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
@@ -1029,18 +1040,26 @@ declare
 begin
     if tg_op = 'INSERT' then
         events := array(
-            select row(n.booking_id, n.id, 'payment_refunded',
+            select row(n.booking_id, n.id,
+                       case n.status when 'succeeded' then 'payment_confirmed'
+                                     when 'failed' then 'payment_failed'
+                                     else 'payment_refunded' end,
                        pgnotify.version_key(n.updated_at), now())::pgnotify.event
             from new_rows n
-            where n.status = 'refunded');
+            where n.status in ('succeeded', 'failed', 'refunded'));
     else
         events := array(
-            select row(n.booking_id, n.id, 'payment_refunded',
+            select row(n.booking_id, n.id,
+                       case n.status when 'succeeded' then 'payment_confirmed'
+                                     when 'failed' then 'payment_failed'
+                                     else 'payment_refunded' end,
                        pgnotify.version_key(n.updated_at), now())::pgnotify.event
             from new_rows n join old_rows o on o.id = n.id
-            where n.status = 'refunded' and o.status is distinct from 'refunded');
+            where n.status in ('succeeded', 'failed', 'refunded')
+              and n.status is distinct from o.status);
     end if;
-    -- Most payment statements refund nothing: they cost this test, not a fan-out query.
+    -- Most payment statements (a pending payment) queue nothing: they cost this test,
+    -- not a fan-out query.
     if cardinality(events) > 0 then
         perform pgnotify.enqueue(events);
     end if;
@@ -1048,7 +1067,7 @@ begin
 end
 $$;
 
-revoke execute on function pgnotify.on_payments_refunded() from public;
+revoke execute on function pgnotify.on_payments_changed() from public;
 
 -- ICS SEQUENCE. A calendar replaces the event it holds only when an update carries a
 -- higher SEQUENCE. The booking's `updated_at` in whole seconds would not do: a
@@ -1057,6 +1076,8 @@ revoke execute on function pgnotify.on_payments_refunded() from public;
 -- booking's status or start time (the changes that send an invitation, a move or a
 -- cancellation) bumps a small per-booking counter, and each queued invitation freezes the
 -- counter's value in `notifications.ics_sequence`, so a retry sends the same SEQUENCE.
+-- `enqueue` (the only writer of queue rows) reads it in its INSERT: a per-row trigger on
+-- the queue cost a trigger call for every booking.
 --
 -- A table of its own, beside the lifecycle triggers rather than inside them: no foreign
 -- key to the booking (like the queue, it must never block the application's DELETEs), and
@@ -1096,21 +1117,6 @@ $$;
 
 revoke all on function pgnotify.bump_booking_versions() from public;
 
-create function pgnotify.freeze_ics_sequence() returns trigger
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-    new.ics_sequence := coalesce(
-        (select v.version from pgnotify.booking_versions v where v.booking_id = new.booking_id),
-        0);
-    return new;
-end
-$$;
-
-revoke all on function pgnotify.freeze_ics_sequence() from public;
-
 create trigger bookings_lifecycle_insert
     after insert on booking.bookings
     referencing new table as new_rows
@@ -1131,17 +1137,6 @@ create trigger payments_lifecycle_update
     referencing old table as old_rows new table as new_rows
     for each statement execute function pgnotify.on_payments_changed();
 
--- A refund has its own statement triggers (`on_payments_refunded`).
-create trigger payments_refund_insert
-    after insert on booking.payments
-    referencing new table as new_rows
-    for each statement execute function pgnotify.on_payments_refunded();
-
-create trigger payments_refund_update
-    after update on booking.payments
-    referencing old table as old_rows new table as new_rows
-    for each statement execute function pgnotify.on_payments_refunded();
-
 -- AFTER triggers fire in name order: `bookings_ics_…` before `bookings_lifecycle_…`, so the
 -- rows the lifecycle trigger queues see the bumped version.
 create trigger bookings_ics_version_update
@@ -1149,14 +1144,6 @@ create trigger bookings_ics_version_update
     referencing old table as old_rows new table as new_rows
     for each statement execute function pgnotify.bump_booking_versions();
 
--- Only the emails that carry an invitation (pgnotify/ics.py, ICS_METHODS): the WHEN clause
--- is evaluated inline, so every other queued row costs nothing.
-create trigger notifications_freeze_ics_sequence
-    before insert on pgnotify.notifications
-    for each row
-    when (new.channel = 'email' and new.ics_sequence is null and new.booking_id is not null
-          and new.kind in ('booking_confirmed', 'booking_rescheduled', 'booking_cancelled'))
-    execute function pgnotify.freeze_ics_sequence();
 
 
 -- Replies (CONTRACT.md §7). What a reply asks for: the whole body, trimmed, in any case.

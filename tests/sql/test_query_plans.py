@@ -1,9 +1,10 @@
-"""The daemon's statements use the indexes built for them (plans asserted, never times)."""
+"""The daemon's statements use the indexes built for them, and the lifecycle triggers run
+their helpers inlined (plans and calls asserted, never times)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -11,7 +12,7 @@ import psycopg
 
 from pgnotify import queries
 from pgnotify.db import as_url, init_connection
-from tests.factories import make_booking, make_world
+from tests.factories import make_booking, make_payment, make_world
 
 Conn = psycopg.Connection[Any]
 
@@ -69,3 +70,57 @@ async def test_the_scheduler_reads_the_earliest_run_at_from_the_partial_index(
     assert not any(
         n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "notifications" for n in plan
     )
+
+
+def calls_in_one_transaction(dsn: str, statement: Callable[[Conn], object]) -> dict[str, int]:
+    """The functions a statement ran (name -> calls), counted in the first transaction of
+    a new session (a session's counts of earlier transactions may not be flushed yet)."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute("set track_functions = 'all'")
+        statement(conn)
+        rows = conn.execute(
+            "select funcname, calls from pg_stat_xact_user_functions where schemaname = 'pgnotify'"
+        ).fetchall()
+        conn.commit()
+    return {name: calls for name, calls in rows}
+
+
+def queued_kinds(db: Conn) -> set[str]:
+    return {r[0] for r in db.execute("select kind from pgnotify.notifications").fetchall()}
+
+
+def test_a_one_booking_insert_runs_its_helpers_inlined(
+    db: Conn, clean_db: str, quiet_hours: Any
+) -> None:
+    """The occurrence keys, reminder rules and quiet hours are inlined into the trigger's
+    cached plans: a non-inlined SQL function is set up again on every call, which made a
+    one-booking INSERT several times dearer (issue 15)."""
+    world = make_world(db)
+    calls = calls_in_one_transaction(clean_db, lambda c: make_booking(c, world))
+    assert calls["on_bookings_inserted"] == 1
+    assert calls["enqueue"] == 1
+    helpers = {"time_key", "version_key", "starts_key", "reminder_events", "quiet_hours_slots"}
+    assert not helpers & calls.keys()
+    # It did queue what those helpers compute.
+    assert {"booking_confirmed", "reminder_24h", "reminder_2h"} <= queued_kinds(db)
+
+
+def test_statements_that_queue_nothing_do_not_call_enqueue(db: Conn, clean_db: str) -> None:
+    world = make_world(db)
+    calls = calls_in_one_transaction(clean_db, lambda c: make_booking(c, world, status="pending"))
+    assert calls == {"on_bookings_inserted": 1}
+    booking = make_booking(db, world, status="pending")
+    calls = calls_in_one_transaction(clean_db, lambda c: make_payment(c, booking, status="pending"))
+    assert calls == {"on_payments_changed": 1}
+    assert queued_kinds(db) == set()
+
+
+def test_a_payment_statement_runs_one_trigger_function(db: Conn, clean_db: str) -> None:
+    """Every payment rule (succeeded, failed, refunded) runs in one function per statement."""
+    booking = make_booking(db, make_world(db), status="pending")
+    calls = calls_in_one_transaction(
+        clean_db, lambda c: make_payment(c, booking, status="refunded")
+    )
+    assert calls["on_payments_changed"] == 1
+    assert calls["enqueue"] == 1
+    assert "payment_refunded" in queued_kinds(db)
