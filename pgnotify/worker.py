@@ -4,9 +4,9 @@ Each step is one round trip for the whole batch and returns its values: ``claim`
 claimed rows, ``Composer.acompose_batch`` a message (or the error it ended with) per row,
 ``deliver`` the sends in flight, ``Delivery.settle`` what finished, ``observe_pauses`` each
 row's channel pause, ``decide_outcomes`` each row's next state (pure), ``record`` what
-landed. Email and SMS rows are leased by a claim that commits at once and sent after it.
-In-app rows never leave their claim's transaction: they are composed, decided and written
-(``inbox.finish_inapp``) before it commits, so they take one write, not two. A worker that finds
+landed. In-app rows never leave the claim's transaction: they are composed, decided and
+written (``inbox.finish_inapp``) before it commits, so they take one write, not two; email
+and SMS rows are leased by it and sent after it. A worker that finds
 nothing waits for the scheduler's doorbell. Database errors never kill a worker: it backs
 off and goes on, and outcomes it could not record are retried until they land (or the
 daemon stops and the lease gives the rows back), because a sent message whose outcome is
@@ -36,7 +36,6 @@ from pgnotify.model import ClaimedNotification
 from pgnotify.outcome import Outcome, backoff, decide
 from pgnotify.runtime import Runtime
 from pgnotify.settings import Settings
-from pgnotify.templates import PARTS
 from pgnotify.text import describe_error
 from pgnotify.wakeup import Doorbell
 
@@ -116,8 +115,8 @@ class Delivery:
 
 @dataclass
 class Claim:
-    """What one claim took: the leased rows to compose and send, and the in-app rows it
-    already finished (with their outcomes and the ids written)."""
+    """What one claim transaction took: the leased rows to compose and send after it
+    commits, and the in-app rows it already finished."""
 
     leased: list[ClaimedNotification]
     inapp: list[ClaimedNotification]
@@ -208,11 +207,8 @@ class Worker:
                 await self.rt.stopping.wait()
 
     async def claim(self) -> Claim | None:
-        """Claim a batch of due rows; None when nothing was due. In-app rows are locked,
-        composed and finished in a transaction of their own; email and SMS rows are then
-        leased by one statement that commits at once. So no shop template rendering for the
-        inbox holds an email or SMS row (nor the application's UPDATE that would wait on its
-        lock), nor runs down their lease. A row whose data fails the claim fails alone.
+        """Claim a batch of due rows and finish its in-app rows, in one transaction; None
+        when nothing was due. A row whose data fails the claim fails alone.
 
         The claim statement computes nothing that one row's data can overflow, but should
         a data error (SQLSTATE class 22) escape it anyway, the batch is claimed again one
@@ -220,84 +216,59 @@ class Worker:
         it can never stop every other row from being sent.
         """
         rt = self.rt
-        started = time.perf_counter()
-        paused = rt.pauses.paused()
-        # In-app first: its rendering must not eat into the leases taken next.
-        inapp, outcomes, written = await self._claim_inapp(paused)
-        async with rt.pool.acquire() as conn:
-            leased = await self._claim_rows(conn, [*paused, INAPP])
-        rt.db_ok()
-        self._db_failures = 0
-        rt.stats.last_claim_at = time.time()
-        if not leased and not inapp:
-            return None
-        rt.stats.last_work_at = time.time()
-        return Claim(leased, inapp, outcomes, written, started)
-
-    async def _claim_rows(
-        self, conn: Conn, excluded: list[str], *, one_by_one: bool = False
-    ) -> list[ClaimedNotification]:
-        """The due rows of every channel but ``excluded``: leased if they are email or
-        SMS, locked for the caller's transaction if in-app."""
-        rt = self.rt
         s = rt.settings
-        if not one_by_one:
-            try:
+        started = time.perf_counter()
+        try:
+            async with rt.pool.acquire() as conn, conn.transaction():
                 rows = await conn.fetch(
                     queries.CLAIM_DUE,
                     s.NOTIFICATION_BATCH_SIZE,
                     rt.daemon_id,
                     s.NOTIFICATION_LEASE_SECONDS,
-                    excluded,
+                    rt.pauses.paused(),
                 )
-            except asyncpg.DataError as exc:
-                if conn.is_in_transaction():
-                    raise  # the transaction is aborted: the caller starts again
-                self.log.warning("claim_data_error", error=describe_error(exc), note="one by one")
-                rows = await self._claim_one_by_one(conn, excluded)
-        else:
-            rows = await self._claim_one_by_one(conn, excluded)
-        batch = to_claimed(rows)
-        if batch:
-            self.log.debug("claimed", count=len(batch), ids=[n.id for n in batch])
-        return batch
+                return await self._take(conn, rows, started)
+        except asyncpg.DataError as exc:
+            self.log.warning("claim_data_error", error=describe_error(exc), note="one by one")
+        async with rt.pool.acquire() as conn, conn.transaction():
+            return await self._take(conn, await self._claim_one_by_one(conn), started)
 
-    async def _claim_inapp(
-        self, paused: Sequence[str]
-    ) -> tuple[list[ClaimedNotification], list[Outcome], set[int]]:
-        """Lock the due in-app rows, compose them and write their outcomes and inbox
-        messages, in one transaction (no `sending` write); the rows, outcomes, ids written."""
+    async def _take(
+        self, conn: Conn, rows: Sequence[asyncpg.Record], started: float
+    ) -> Claim | None:
+        """Compose the claimed in-app rows and write their outcomes, in the claim's
+        transaction; the leased ones are composed and sent once it has committed."""
         rt = self.rt
-        excluded = [*paused, *(c for c in PARTS if c != INAPP)]
-        one_by_one = False
-        while True:
-            try:
-                async with rt.pool.acquire() as conn, conn.transaction():
-                    batch = await self._claim_rows(conn, excluded, one_by_one=one_by_one)
-                    if not batch:
-                        return [], [], set()
-                    composed = await rt.composer.acompose_batch(batch)
-                    results, messages = inapp_results(batch, composed)
-                    outcomes = decide_outcomes(batch, results, {}, rt.settings)
-                    written = await finish_inapp(conn, rt.daemon_id, batch, outcomes, messages)
-                    return batch, outcomes, written
-            except asyncpg.DataError as exc:
-                if one_by_one:
-                    raise
-                self.log.warning("claim_data_error", error=describe_error(exc), note="one by one")
-                one_by_one = True
+        rt.db_ok()
+        self._db_failures = 0
+        rt.stats.last_claim_at = time.time()
+        batch = to_claimed(rows)
+        if not batch:
+            return None
+        rt.stats.last_work_at = time.time()
+        self.log.debug("claimed", count=len(batch), ids=[n.id for n in batch])
+        inapp = [n for n in batch if n.channel == INAPP]
+        leased = [n for n in batch if n.channel != INAPP]
+        outcomes: list[Outcome] = []
+        written: set[int] = set()
+        if inapp:
+            results, messages = inapp_results(inapp, await rt.composer.acompose_batch(inapp))
+            outcomes = decide_outcomes(inapp, results, {}, rt.settings)
+            written = await finish_inapp(conn, rt.daemon_id, inapp, outcomes, messages)
+        return Claim(leased, inapp, outcomes, written, started)
 
-    async def _claim_one_by_one(self, conn: Conn, excluded: list[str]) -> list[asyncpg.Record]:
-        """Claim the due rows one at a time, each in a transaction (or a savepoint of the
-        caller's); fail each one whose claim is a data error."""
+    async def _claim_one_by_one(self, conn: Conn) -> list[asyncpg.Record]:
+        """Claim the due rows one at a time, each in a savepoint of the claim's
+        transaction; fail each one whose claim is a data error."""
         rt = self.rt
         s = rt.settings
+        paused = rt.pauses.paused()
         rows: list[asyncpg.Record] = []
-        for (nid,) in await conn.fetch(queries.DUE_IDS, s.NOTIFICATION_BATCH_SIZE, excluded):
+        for (nid,) in await conn.fetch(queries.DUE_IDS, s.NOTIFICATION_BATCH_SIZE, paused):
             try:
                 async with conn.transaction():
                     rows += await conn.fetch(
-                        queries.CLAIM_ONE, nid, rt.daemon_id, s.NOTIFICATION_LEASE_SECONDS, excluded
+                        queries.CLAIM_ONE, nid, rt.daemon_id, s.NOTIFICATION_LEASE_SECONDS, paused
                     )
             except asyncpg.DataError as exc:
                 error = describe_error(exc)

@@ -13,7 +13,7 @@ from uuid import UUID
 
 import psycopg
 
-from tests.daemon.harness import count_reaches, make_settings, running, wait_until
+from tests.daemon.harness import count_reaches, make_settings, running
 from tests.factories import make_booking, make_world
 from tests.faults.history import History
 
@@ -91,63 +91,3 @@ async def test_a_nul_byte_from_a_template_never_stops_the_inbox_write(
         (inapp_row(db, bookings[0])[0],),
     ).fetchone()
     assert stored == ("before\ufffdafter",)
-
-
-async def test_a_slow_inapp_template_holds_no_email_or_sms_row(
-    db: Conn, clean_db: str, tmp_path: Path
-) -> None:
-    """While a shop's in-app template spends its render budget, the due email and SMS rows
-    of the same booking are neither leased nor locked: the application's cancellation goes
-    through at once (its trigger cancels their pending reminders), and none is sent."""
-    root = tmp_path / "templates"
-    slow = make_world(db, shop_name="Slow", email="ana@example.com", phone="+34600111222")
-    title = root / "shops" / str(slow.shop_id) / "en" / "booking_confirmed" / "inapp_title.txt"
-    title.parent.mkdir(parents=True)
-    title.write_text(
-        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x"
-    )
-    booking = make_booking(db, slow)
-    # Its reminders are due too, so the same claim would take them with the in-app row.
-    db.execute(
-        "update pgnotify.notifications set run_at = now()"
-        " where booking_id = %s and kind like 'reminder%%'",
-        (booking,),
-    )
-    settings = make_settings(
-        clean_db,
-        tmp_path / "outbox",
-        NOTIFICATION_TEMPLATES_DIR=root,
-        NOTIFICATION_RENDER_TIMEOUT=4,
-        NOTIFICATION_WORKERS=1,
-    )
-    async with running(settings):
-        inapp_id = inapp_row(db, booking)[0]
-
-        # The in-app row is locked by the render under way (SKIP LOCKED sees nothing).
-        async def rendering() -> bool:
-            with psycopg.connect(clean_db, autocommit=True) as probe:
-                return not probe.execute(
-                    "select 1 from pgnotify.notifications where id = %s for update skip locked",
-                    (inapp_id,),
-                ).fetchall()
-
-        await wait_until(rendering, timeout=10)
-        with psycopg.connect(clean_db) as app:
-            app.execute("set lock_timeout = '1s'")
-            app.execute(
-                "update booking.bookings set status = 'cancelled' where id = %s", (booking,)
-            )
-            leased = app.execute(
-                "select count(*) from pgnotify.notifications"
-                " where booking_id = %s and status = 'sending'",
-                (booking,),
-            ).fetchone()
-            app.commit()
-        assert leased == (0,)
-        await count_reaches(clean_db, 1, f"id = {inapp_id} and status = 'failed'", timeout=20)
-    reminders = db.execute(
-        "select distinct status from pgnotify.notifications"
-        " where booking_id = %s and kind like 'reminder%%'",
-        (booking,),
-    ).fetchall()
-    assert reminders == [("cancelled",)]
