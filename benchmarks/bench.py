@@ -491,7 +491,7 @@ class Bench:
             target=("<=", 5.0),  # issue 15's goal, for both forms
             note=(
                 f"{r['notifications_queued']:,} queue rows per 10,000 bookings (confirmation"
-                " on 3 channels + 3 reminders + the shop's alert); the time includes COMMIT"
+                " on 3 channels + 3 reminders; the shop's alerts are off); the time includes COMMIT"
             )
             if not per_row
             else "the statement-level triggers run once per INSERT statement",
