@@ -124,50 +124,27 @@ async def claim_probe(conn: asyncpg.Connection, *, backlog: int, batch: int) -> 
     return out
 
 
-# The first $1 due rows as email rows: the claim leases those (in-app rows it only locks).
-AS_EMAIL = """
-update pgnotify.notifications set channel = 'email'
-where id in (select id from pgnotify.notifications where status = 'pending'
-             order by run_at, id limit $1)
-"""
-
-
 async def _after_claim(conn: asyncpg.Connection, batch: int) -> dict[str, Any]:
     """The statements that finish a claimed batch, each after a real ``CLAIM_DUE`` of
-    ``batch`` rows in the same (rolled back) transaction: ``FINISH_INAPP`` as the in-app
-    rows of a claim run it, and ``RECORD_OUTCOMES`` as it runs for email and SMS (all sent;
-    the first ``batch`` due rows made email rows first, so that the claim leases them)."""
+    ``batch`` rows in the same (rolled back) transaction: ``DELIVER_INAPP`` as the in-app
+    channel runs it, and ``RECORD_OUTCOMES`` as it runs for email and SMS (all sent)."""
 
-    async def claimed(c: asyncpg.Connection) -> list[asyncpg.Record]:
-        return list(await c.fetch(queries.CLAIM_DUE, batch, "probe", 120.0, []))
+    async def claimed(c: asyncpg.Connection) -> list[int]:
+        return [r[0] for r in await c.fetch(queries.CLAIM_DUE, batch, "probe", 120.0, [])]
 
     async def inapp_args(c: asyncpg.Connection) -> tuple[Any, ...]:
-        rows = await claimed(c)
-        n = len(rows)
-        data = ['{"kind": "booking_confirmed", "booking_id": null, "payment_id": null}'] * n
-        return (
-            [r["id"] for r in rows],
-            ["sent"] * n,
-            [None] * n,
-            [None] * n,
-            [False] * n,
-            ["Title"] * n,
-            ["Body text of the message"] * n,
-            data,
-            [r["customer_id"] for r in rows],
-            [str(uuid.uuid4())] * n,
-            "probe",
-        )
+        ids = await claimed(c)
+        data = ['{"kind": "booking_confirmed", "booking_id": null, "payment_id": null}'] * len(ids)
+        return ids, ["Title"] * len(ids), ["Body text of the message"] * len(ids), data, "probe"
 
     async def outcome_args(c: asyncpg.Connection) -> tuple[Any, ...]:
-        await c.execute(AS_EMAIL, batch)
-        ids = [r["id"] for r in await claimed(c)]
+        ids = await claimed(c)
         n = len(ids)
         return ids, ["sent"] * n, [None] * n, [None] * n, ["<id@x>"] * n, [False] * n, "probe"
 
     out = {}
     for name, sql, setup in (
-        ("finish_inapp", queries.FINISH_INAPP, inapp_args),
+        ("deliver_inapp", queries.DELIVER_INAPP, inapp_args),
         ("record_outcomes", queries.RECORD_OUTCOMES, outcome_args),
     ):
         ms, doc = await median_explain(conn, sql, setup=setup)
@@ -256,21 +233,9 @@ async def planning_ms(conn: asyncpg.Connection, *, batch: int = 100) -> dict[str
     n = len(ids)
     statements = {
         "CLAIM_DUE": (queries.CLAIM_DUE, (batch, "probe", 120.0, [])),
-        "FINISH_INAPP": (
-            queries.FINISH_INAPP,
-            (
-                ids,
-                ["sent"] * n,
-                [None] * n,
-                [None] * n,
-                [False] * n,
-                ["t"] * n,
-                ["b"] * n,
-                ["{}"] * n,
-                [None] * n,
-                [str(uuid.uuid4())] * n,
-                "probe",
-            ),
+        "DELIVER_INAPP": (
+            queries.DELIVER_INAPP,
+            (ids, ["t"] * n, ["b"] * n, ["{}"] * n, "probe"),
         ),
         "RECORD_OUTCOMES": (
             queries.RECORD_OUTCOMES,

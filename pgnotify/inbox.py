@@ -1,77 +1,43 @@
-"""In-app delivery: rows in ``pgnotify.inbox``, written exactly once, in the claim's
-transaction.
+"""In-app delivery: rows in ``pgnotify.inbox``, written exactly once.
 
-It is not a channel (nothing leaves the process): it is a database write. The claim only
-locks in-app rows (no lease, no ``sending`` write); the worker composes them and, before
-that transaction commits, ``finish_inapp`` writes every row's outcome in one statement:
-the inbox message and ``sent`` together for those that rendered, ``skipped``, ``failed``
-or a retry for the others. A rolled-back transaction leaves the rows pending, untouched.
+It is not a channel (nothing leaves the process): it is a database write, so it takes a
+whole batch in one statement that inserts the inbox rows and marks their notifications
+sent together, and only for rows this daemon still holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from pgnotify import queries
 from pgnotify.channels.base import InappMessage
 from pgnotify.model import ClaimedNotification
-from pgnotify.outcome import Outcome
 
 
-def inbox_data(n: ClaimedNotification) -> dict[str, str | None]:
-    """The ``data`` of an inbox message: what the application links it to."""
-    return {
-        "booking_id": str(n.booking_id) if n.booking_id else None,
-        "payment_id": str(n.payment_id) if n.payment_id else None,
-        "kind": n.kind,
-    }
-
-
-def finish_args(
-    batch: Sequence[ClaimedNotification],
-    outcomes: Sequence[Outcome],
-    messages: Mapping[int, InappMessage],
+async def deliver_inapp(
+    pool: asyncpg.Pool,
     daemon_id: str,
-) -> tuple[Any, ...]:
-    """``queries.FINISH_INAPP``'s arguments (pure): one entry per outcome, with the
-    message of each ``sent`` one."""
-    by_id = {n.id: n for n in batch}
-    columns: list[list[Any]] = [[] for _ in range(10)]
-    for o in outcomes:
-        n = by_id[o.id]
-        m = messages.get(o.id) if o.status == "sent" else None
-        row = (
-            o.id,
-            o.status,
-            o.delay,
-            o.last_error,
-            o.release,
-            m.title if m else None,
-            m.body if m else None,
-            inbox_data(n) if m else None,
-            n.customer_id,
-            n.recipient,
-        )
-        for column, value in zip(columns, row, strict=True):
-            column.append(value)
-    return (*columns, daemon_id)
-
-
-async def finish_inapp(
-    conn: asyncpg.Connection | PoolConnectionProxy,
-    daemon_id: str,
-    batch: Sequence[ClaimedNotification],
-    outcomes: Sequence[Outcome],
-    messages: Mapping[int, InappMessage],
+    items: Sequence[tuple[ClaimedNotification, InappMessage]],
 ) -> set[int]:
-    """Record the in-app outcomes inside the claim's transaction; returns the ids written."""
-    if not outcomes:
+    """Insert and mark sent; returns the ids now sent (the others were no longer ours)."""
+    if not items:
         return set()
-    rows = await conn.fetch(
-        queries.FINISH_INAPP, *finish_args(batch, outcomes, messages, daemon_id)
-    )
+    ids: list[int] = []
+    titles: list[str] = []
+    bodies: list[str] = []
+    data: list[dict[str, str | None]] = []
+    for n, m in items:
+        ids.append(n.id)
+        titles.append(m.title)
+        bodies.append(m.body)
+        data.append(
+            {
+                "booking_id": str(n.booking_id) if n.booking_id else None,
+                "payment_id": str(n.payment_id) if n.payment_id else None,
+                "kind": n.kind,
+            }
+        )
+    rows = await pool.fetch(queries.DELIVER_INAPP, ids, titles, bodies, data, daemon_id)
     return {int(r["id"]) for r in rows}

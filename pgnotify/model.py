@@ -31,8 +31,7 @@ class Catalog:
 
 @dataclass(frozen=True, slots=True)
 class ClaimedNotification:
-    """A row of ``pgnotify.notifications`` this daemon holds: email and SMS rows in
-    ``sending`` under a lease, in-app rows locked by the claim's open transaction.
+    """A row of ``pgnotify.notifications`` this daemon holds in ``sending``.
 
     ``context`` is the raw rendering context loaded for the whole batch in one query
     (see ``queries.py``: booking, shop, staff, service, customer, payment as dicts), or
@@ -55,5 +54,3 @@ class ClaimedNotification:
     # Who reads it (``pgnotify.kinds.audience``): ``customer``, or ``shop`` for the shop's
     # alerts, which are addressed to the shop and written in its language.
     audience: str = "customer"
-    # The booking's customer when claimed (recorded with the outcome of an in-app row).
-    customer_id: UUID | None = None

@@ -9,13 +9,9 @@ Time is always the database's ``now()``: daemons on other hosts may have skewed 
 from __future__ import annotations
 
 # -- claim_due --
-# Take up to $1 due pending rows in order and return each with its rendering context and
-# why it must not be sent, if so (both computed in SQL, for the whole batch at once:
-# pgnotify.render_contexts is called once per claim). Email and SMS rows are marked ours
-# under a lease (`sending`): their sends leave the transaction. In-app rows are only
-# locked (FOR UPDATE SKIP LOCKED): the worker runs this in a transaction and finishes
-# them in it (FINISH_INAPP), so they are written once, never `sending`; their attempt,
-# customer and recipient come back as they will be recorded.
+# Take up to $1 due pending rows in order, mark them ours under a lease, and return each
+# with its rendering context and why it must not be sent, if so (both computed in SQL,
+# for the whole batch at once: pgnotify.render_contexts is called once per claim).
 #
 # The recipient is read here, at send time, from the booking's current customer (by the
 # rule the triggers apply when queuing, pgnotify.recipient_of), and recorded in
@@ -39,7 +35,7 @@ with due as (
 ), addressed as (
     select d.*, x.booking_id is not null as found, x.booking_status, x.starts_at, x.problem,
            coalesce(a.audience, 'customer') as audience,
-           case when a.audience = 'shop' then null else x.customer_id end as found_customer_id,
+           case when a.audience = 'shop' then null else x.customer_id end as customer_id,
            case when a.audience = 'shop' then x.shop_email else x.email end as email,
            case when a.audience = 'shop' then x.shop_phone else x.phone end as phone,
            case when a.audience = 'shop' then null else x.user_id end as user_id
@@ -48,15 +44,15 @@ with due as (
            on x.booking_id = d.booking_id and x.payment_id is not distinct from d.payment_id
     left join pgnotify.kinds a on a.kind = d.kind
 ), checked as (
-    select d.id, d.channel, d.found, d.audience, d.found_customer_id as customer_id,
+    select d.id, d.found, d.audience, d.customer_id,
            pgnotify.recipient_of(d.channel, d.email, d.phone, d.user_id) as recipient,
            pgnotify.send_problem(d.kind, d.channel, d.occurrence, d.booking_status,
                                  d.starts_at, d.problem, d.email, d.phone, d.user_id,
                                  o.customer_id is not null, o.reason, d.audience) as problem
     from addressed d
     -- The answer to HELP goes despite an opt-out: carriers require it (as `enqueue`).
-    left join pgnotify.opt_outs o on o.customer_id = d.found_customer_id
-                                 and o.channel = d.channel and d.kind <> 'sms_help'
+    left join pgnotify.opt_outs o on o.customer_id = d.customer_id and o.channel = d.channel
+                                 and d.kind <> 'sms_help'
 ), claimed as (
     update pgnotify.notifications n
        set status = 'sending', attempts = n.attempts + 1, claimed_by = $2,
@@ -64,29 +60,18 @@ with due as (
            customer_id = case when k.found then k.customer_id else n.customer_id end,
            recipient = case when k.found then k.recipient else n.recipient end
       from checked k
-     where n.id = k.id and k.channel <> 'inapp'
-    returning n.id, n.kind, n.channel, n.recipient, n.customer_id, n.booking_id, n.payment_id,
+     where n.id = k.id
+    returning n.id, n.kind, n.channel, n.recipient, n.booking_id, n.payment_id,
               n.attempts, n.run_at, n.ics_sequence, k.problem, k.audience
-), locked as (
-    select d.id, d.kind, d.channel,
-           case when k.found then k.recipient else d.recipient end,
-           case when k.found then k.customer_id else d.customer_id end,
-           d.booking_id, d.payment_id, d.attempts + 1, d.run_at, d.ics_sequence, k.problem,
-           k.audience
-    from due d join checked k on k.id = d.id
-    where d.channel = 'inapp'
-), taken (id, kind, channel, recipient, customer_id, booking_id, payment_id, attempts, run_at,
-          ics_sequence, problem, audience) as (
-    select * from claimed union all select * from locked
 )
-select c.id, c.kind, c.channel, c.recipient, c.customer_id, c.booking_id, c.payment_id,
-       c.attempts, c.run_at, c.ics_sequence, c.audience,
+select c.id, c.kind, c.channel, c.recipient, c.booking_id, c.payment_id, c.attempts,
+       c.run_at, c.ics_sequence, c.audience,
        -- Sibling rows (one booking's email, SMS and in-app) share one context: send it
        -- once, on the first of them; the daemon hands it to the others.
        case when row_number() over (partition by c.booking_id, c.payment_id order by c.id) = 1
             then x.context end as context,
        c.problem as stale_reason
-from taken c
+from claimed c
 left join contexts x
        on x.booking_id = c.booking_id and x.payment_id is not distinct from c.payment_id
 order by c.run_at, c.id
@@ -94,8 +79,7 @@ order by c.run_at, c.id
 
 CLAIM_DUE = _CLAIM.replace(
     "/*due*/",
-    """select id, kind, channel, booking_id, payment_id, occurrence, recipient, customer_id,
-           attempts, run_at, ics_sequence
+    """select id, kind, channel, booking_id, payment_id, occurrence
     from pgnotify.notifications
     where status = 'pending' and run_at <= now()
       and channel <> all ($4::text[])
@@ -109,8 +93,7 @@ CLAIM_DUE = _CLAIM.replace(
 # the worker's fallback when CLAIM_DUE failed on some row's data.
 CLAIM_ONE = _CLAIM.replace(
     "/*due*/",
-    """select id, kind, channel, booking_id, payment_id, occurrence, recipient, customer_id,
-           attempts, run_at, ics_sequence
+    """select id, kind, channel, booking_id, payment_id, occurrence
     from pgnotify.notifications
     where id = $1::bigint and status = 'pending' and run_at <= now()
       and channel <> all ($4::text[])
@@ -158,46 +141,32 @@ update pgnotify.notifications n
 returning n.id
 """
 
-# -- finish_inapp --
-# The in-app rows of a claim, in the claim's transaction (which holds their row locks):
-# each row's outcome ($2..$5, as RECORD_OUTCOMES) is written once, straight from
-# `pending`; a `sent` one also gets its inbox message ($6..$8) in the same statement, and
-# each user with a new message is NOTIFYed once on pgnotify_inbox, so the application can
-# push it live. $9, $10: the customer and recipient the claim resolved; $11 the daemon
-# (recorded in `claimed_by`: which daemon delivered it). Its times are this statement's,
-# not the transaction's `now()`, which is the claim's: rendering came in between.
-FINISH_INAPP = """
-with u as (
-    select *
-    from unnest($1::bigint[], $2::text[], $3::float8[], $4::text[], $5::bool[],
-                $6::text[], $7::text[], $8::jsonb[], $9::uuid[], $10::text[])
-         as u (id, status, delay, last_error, release, title, body, data, customer_id,
-               recipient)
+# -- deliver_inapp --
+# The in-app channel: insert into the inbox and mark sent in one statement (so exactly
+# once), then NOTIFY pgnotify_inbox once per user so the application can push it live.
+DELIVER_INAPP = """
+with mine as (
+    select n.id, n.customer_id, n.recipient, n.kind, u.title, u.body, u.data
+    from unnest($1::bigint[], $2::text[], $3::text[], $4::jsonb[]) as u (id, title, body, data)
+    join pgnotify.notifications n
+      on n.id = u.id and n.status = 'sending' and n.claimed_by = $5
 ), inserted as (
     insert into pgnotify.inbox (customer_id, user_id, notification_id, kind, title, body, data)
-    select u.customer_id, u.recipient::uuid, u.id, n.kind, u.title, u.body, u.data
-    from u join pgnotify.notifications n on n.id = u.id and n.status = 'pending'
-    where u.status = 'sent'
-    returning id, notification_id, user_id
-), changed as (
+    select customer_id, recipient::uuid, id, kind, title, body, data from mine
+    on conflict (notification_id) do nothing
+    returning id as inbox_id, notification_id, user_id
+), marked as (
     update pgnotify.notifications n
-       set status = u.status,
-           run_at = case when u.delay is null then n.run_at
-                         else statement_timestamp() + make_interval(secs => u.delay) end,
-           attempts = case when u.release then n.attempts else n.attempts + 1 end,
-           last_error = u.last_error,
-           provider_id = coalesce('inbox:' || i.id, n.provider_id),
-           sent_at = case when u.status = 'sent' then statement_timestamp() else n.sent_at end,
-           customer_id = u.customer_id, recipient = u.recipient, claimed_by = $11,
-           lease_until = null, updated_at = statement_timestamp()
-      from u left join inserted i on i.notification_id = u.id
-     where n.id = u.id and n.status = 'pending'
+       set status = 'sent', sent_at = now(), provider_id = 'inbox:' || i.inbox_id,
+           last_error = null, lease_until = null, updated_at = now()
+      from inserted i
+     where n.id = i.notification_id
     returning n.id
 ), woken as (
     select count(pg_notify('pgnotify_inbox', user_id::text)) as n
     from (select distinct user_id from inserted) d
 )
-select c.id from changed c, woken
+select m.id from marked m, woken
 """
 
 # -- next_run_at --

@@ -4,9 +4,7 @@ Each step is one round trip for the whole batch and returns its values: ``claim`
 claimed rows, ``Composer.acompose_batch`` a message (or the error it ended with) per row,
 ``deliver`` the sends in flight, ``Delivery.settle`` what finished, ``observe_pauses`` each
 row's channel pause, ``decide_outcomes`` each row's next state (pure), ``record`` what
-landed. In-app rows never leave the claim's transaction: they are composed, decided and
-written (``inbox.finish_inapp``) before it commits, so they take one write, not two; email
-and SMS rows are leased by it and sent after it. A worker that finds
+landed. A worker that finds
 nothing waits for the scheduler's doorbell. Database errors never kill a worker: it backs
 off and goes on, and outcomes it could not record are retried until they land (or the
 daemon stops and the lease gives the rows back), because a sent message whose outcome is
@@ -23,14 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from pgnotify import queries
-from pgnotify.catalog import INAPP
 from pgnotify.channels.base import Channel, InappMessage, Message, Receipt
 from pgnotify.db import DB_ERRORS
-from pgnotify.errors import ConfigurationError, DeliveryError, PermanentError
-from pgnotify.inbox import finish_inapp
+from pgnotify.errors import ConfigurationError, DeliveryError, PermanentError, TransientError
+from pgnotify.inbox import deliver_inapp
 from pgnotify.logs import get_logger
 from pgnotify.model import ClaimedNotification
 from pgnotify.outcome import Outcome, backoff, decide
@@ -43,8 +39,6 @@ from pgnotify.wakeup import Doorbell
 STOP_RECORD_GRACE = 5.0
 # How long cancelled sends may take to close their connections.
 SETTLE_TIMEOUT = 5.0
-# A connection of the pool, as ``pool.acquire()`` hands it out.
-Conn = asyncpg.Connection | PoolConnectionProxy
 
 
 def to_claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
@@ -75,7 +69,6 @@ def to_claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
                 stale_reason=row["stale_reason"],
                 ics_sequence=row["ics_sequence"],
                 audience=row["audience"],
-                customer_id=row["customer_id"],
             )
         )
     return batch
@@ -83,25 +76,33 @@ def to_claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
 
 @dataclass
 class Delivery:
-    """One leased batch's deliveries in flight: a task per network send."""
+    """One batch's deliveries in flight: a task per network send and one inbox write."""
 
     ended: dict[int, DeliveryError]
     """Rows that ended before any send: composition failed, channel paused or missing."""
     sends: dict[int, asyncio.Task[Receipt]]
+    inbox: asyncio.Task[set[int]] | None
+    inbox_ids: list[int]
 
     async def wait(self) -> None:
-        """Until every send has finished."""
-        if self.sends:
-            await asyncio.wait(self.sends.values())
+        """Until every send and the inbox write has finished."""
+        tasks: list[asyncio.Future[Any]] = [*self.sends.values()]
+        if self.inbox is not None:
+            tasks.append(self.inbox)
+        if tasks:
+            await asyncio.wait(tasks)
 
-    async def settle(self) -> dict[int, Receipt | BaseException]:
-        """Each finished row's result.
+    async def settle(self) -> tuple[dict[int, Receipt | BaseException], set[int]]:
+        """Each finished row's result, and the in-app ids the inbox write marked sent.
 
         Whatever has not finished (shutdown past its grace) is cancelled, and awaited so
         its connection is cleaned up before the daemon closes them; it has no result: the
         release at shutdown, or the lease, gives it back.
         """
-        unfinished = [t for t in self.sends.values() if not t.done()]
+        tasks: list[asyncio.Future[Any]] = [*self.sends.values()]
+        if self.inbox is not None:
+            tasks.append(self.inbox)
+        unfinished = [t for t in tasks if not t.done()]
         for task in unfinished:
             task.cancel()
         if unfinished:
@@ -110,37 +111,14 @@ class Delivery:
         for nid, task in self.sends.items():
             if task.done() and not task.cancelled():
                 results[nid] = task.exception() or task.result()
-        return results
-
-
-@dataclass
-class Claim:
-    """What one claim transaction took: the leased rows to compose and send after it
-    commits, and the in-app rows it already finished."""
-
-    leased: list[ClaimedNotification]
-    inapp: list[ClaimedNotification]
-    inapp_outcomes: list[Outcome]
-    inapp_written: set[int]
-    started: float
-
-
-def inapp_results(
-    batch: Sequence[ClaimedNotification], composed: Sequence[Message | DeliveryError]
-) -> tuple[dict[int, Receipt | BaseException], dict[int, InappMessage]]:
-    """Each composed in-app row's result (a message is delivered: the inbox write is its
-    receipt) and its message (pure)."""
-    results: dict[int, Receipt | BaseException] = {}
-    messages: dict[int, InappMessage] = {}
-    for n, message in zip(batch, composed, strict=True):
-        if isinstance(message, InappMessage):
-            messages[n.id] = message
-            results[n.id] = Receipt(None)
-        elif isinstance(message, DeliveryError):
-            results[n.id] = message
-        else:
-            results[n.id] = PermanentError(f"in-app row composed as {type(message).__name__}")
-    return results, messages
+        inbox_sent: set[int] = set()
+        if self.inbox is not None and self.inbox.done() and not self.inbox.cancelled():
+            if (exc := self.inbox.exception()) is None:
+                inbox_sent = self.inbox.result()
+            else:
+                error = TransientError(f"inbox write failed: {describe_error(exc)}")
+                results.update(dict.fromkeys(self.inbox_ids, error))
+        return results, inbox_sent
 
 
 def decide_outcomes(
@@ -149,8 +127,8 @@ def decide_outcomes(
     pauses: Mapping[int, float],
     settings: Settings,
 ) -> list[Outcome]:
-    """Each finished row's next state (pure); rows without a result (unfinished ones) are
-    left out: the release at shutdown or the lease rescuer gives them back."""
+    """Each finished row's next state (pure); rows without a result are left out: in-app
+    rows are marked by the inbox write, and unfinished ones are released or rescued."""
     return [
         decide(
             n.id,
@@ -178,24 +156,18 @@ class Worker:
         while not rt.stopping.is_set():
             token = rt.work.token()
             try:
-                claim = await self.claim()
+                batch = await self.claim()
             except DB_ERRORS as exc:
                 await self._db_trouble("claim_failed", exc)
                 continue
-            if claim is None:
+            if not batch:
                 await Doorbell.wait(token, rt.settings.NOTIFICATION_POLL_INTERVAL)
                 continue
-            if claim.inapp:
-                self._log_outcomes(
-                    claim.inapp, claim.inapp_outcomes, claim.inapp_written, claim.started
-                )
-            if not claim.leased:
-                continue
-            rt.stats.in_flight += len(claim.leased)
+            rt.stats.in_flight += len(batch)
             try:
-                await self.process(claim.leased, claim.started)
+                await self.process(batch)
             finally:
-                rt.stats.in_flight -= len(claim.leased)
+                rt.stats.in_flight -= len(batch)
 
     async def _db_trouble(self, event: str, exc: BaseException) -> None:
         self.rt.db_failed()
@@ -206,9 +178,8 @@ class Worker:
             async with asyncio.timeout(delay):
                 await self.rt.stopping.wait()
 
-    async def claim(self) -> Claim | None:
-        """Claim a batch of due rows and finish its in-app rows, in one transaction; None
-        when nothing was due. A row whose data fails the claim fails alone.
+    async def claim(self) -> list[ClaimedNotification]:
+        """Claim a batch of due rows; a row whose data fails the claim fails alone.
 
         The claim statement computes nothing that one row's data can overflow, but should
         a data error (SQLSTATE class 22) escape it anyway, the batch is claimed again one
@@ -217,69 +188,46 @@ class Worker:
         """
         rt = self.rt
         s = rt.settings
-        started = time.perf_counter()
         try:
-            async with rt.pool.acquire() as conn, conn.transaction():
-                rows = await conn.fetch(
-                    queries.CLAIM_DUE,
-                    s.NOTIFICATION_BATCH_SIZE,
-                    rt.daemon_id,
-                    s.NOTIFICATION_LEASE_SECONDS,
-                    rt.pauses.paused(),
-                )
-                return await self._take(conn, rows, started)
+            rows = await rt.pool.fetch(
+                queries.CLAIM_DUE,
+                s.NOTIFICATION_BATCH_SIZE,
+                rt.daemon_id,
+                s.NOTIFICATION_LEASE_SECONDS,
+                rt.pauses.paused(),
+            )
         except asyncpg.DataError as exc:
             self.log.warning("claim_data_error", error=describe_error(exc), note="one by one")
-        async with rt.pool.acquire() as conn, conn.transaction():
-            return await self._take(conn, await self._claim_one_by_one(conn), started)
-
-    async def _take(
-        self, conn: Conn, rows: Sequence[asyncpg.Record], started: float
-    ) -> Claim | None:
-        """Compose the claimed in-app rows and write their outcomes, in the claim's
-        transaction; the leased ones are composed and sent once it has committed."""
-        rt = self.rt
+            rows = await self._claim_one_by_one()
         rt.db_ok()
         self._db_failures = 0
         rt.stats.last_claim_at = time.time()
         batch = to_claimed(rows)
-        if not batch:
-            return None
-        rt.stats.last_work_at = time.time()
-        self.log.debug("claimed", count=len(batch), ids=[n.id for n in batch])
-        inapp = [n for n in batch if n.channel == INAPP]
-        leased = [n for n in batch if n.channel != INAPP]
-        outcomes: list[Outcome] = []
-        written: set[int] = set()
-        if inapp:
-            results, messages = inapp_results(inapp, await rt.composer.acompose_batch(inapp))
-            outcomes = decide_outcomes(inapp, results, {}, rt.settings)
-            written = await finish_inapp(conn, rt.daemon_id, inapp, outcomes, messages)
-        return Claim(leased, inapp, outcomes, written, started)
+        if batch:
+            self.log.debug("claimed", count=len(batch), ids=[n.id for n in batch])
+        return batch
 
-    async def _claim_one_by_one(self, conn: Conn) -> list[asyncpg.Record]:
-        """Claim the due rows one at a time, each in a savepoint of the claim's
-        transaction; fail each one whose claim is a data error."""
+    async def _claim_one_by_one(self) -> list[asyncpg.Record]:
+        """Claim the due rows one at a time; fail each one whose claim is a data error."""
         rt = self.rt
         s = rt.settings
         paused = rt.pauses.paused()
         rows: list[asyncpg.Record] = []
-        for (nid,) in await conn.fetch(queries.DUE_IDS, s.NOTIFICATION_BATCH_SIZE, paused):
+        for (nid,) in await rt.pool.fetch(queries.DUE_IDS, s.NOTIFICATION_BATCH_SIZE, paused):
             try:
-                async with conn.transaction():
-                    rows += await conn.fetch(
-                        queries.CLAIM_ONE, nid, rt.daemon_id, s.NOTIFICATION_LEASE_SECONDS, paused
-                    )
+                rows += await rt.pool.fetch(
+                    queries.CLAIM_ONE, nid, rt.daemon_id, s.NOTIFICATION_LEASE_SECONDS, paused
+                )
             except asyncpg.DataError as exc:
                 error = describe_error(exc)
-                if await conn.fetch(queries.FAIL_UNCLAIMABLE, nid, error):
+                if await rt.pool.fetch(queries.FAIL_UNCLAIMABLE, nid, error):
                     rt.stats.failed += 1
                     self.log.error("failed", id=nid, error=f"cannot be claimed: {error}")
         return rows
 
-    async def process(self, batch: Sequence[ClaimedNotification], started: float) -> None:
-        """Compose, deliver and record one leased batch (outside the claim's transaction:
-        a shop's template may take its whole render budget)."""
+    async def process(self, batch: Sequence[ClaimedNotification]) -> None:
+        """Compose, deliver and record one claimed batch."""
+        started = time.perf_counter()
         delivery = self.deliver(batch, await self.rt.composer.acompose_batch(batch))
         try:
             await delivery.wait()
@@ -296,30 +244,36 @@ class Worker:
         self, batch: Sequence[ClaimedNotification], delivery: Delivery, started: float
     ) -> None:
         """Settle the deliveries, account pauses, decide and record the outcomes."""
-        results = await delivery.settle()
+        results, inbox_sent = await delivery.settle()
         pauses = self.observe_pauses(batch, results)
         outcomes = decide_outcomes(batch, results, pauses, self.rt.settings)
-        if outcomes:
-            await self.record(batch, outcomes, started)
+        if outcomes or inbox_sent:
+            await self.record(batch, outcomes, inbox_sent, started)
 
     def deliver(
         self, batch: Sequence[ClaimedNotification], composed: Sequence[Message | DeliveryError]
     ) -> Delivery:
-        """Start the batch's network sends, all together."""
+        """Start the batch's deliveries: the inbox write and the network sends go together."""
         rt = self.rt
         paused = set(rt.pauses.paused())
         ended: dict[int, DeliveryError] = {}
         sends: dict[int, asyncio.Task[Receipt]] = {}
+        inapp: list[tuple[ClaimedNotification, InappMessage]] = []
         for n, message in zip(batch, composed, strict=True):
             if isinstance(message, DeliveryError):
                 ended[n.id] = message
+            elif isinstance(message, InappMessage):
+                inapp.append((n, message))
             elif n.channel in paused:
                 ended[n.id] = ConfigurationError(f"{n.channel} channel is paused")
             elif (channel := rt.channels.get(n.channel)) is None:
                 ended[n.id] = PermanentError(f"no channel configured for {n.channel!r}")
             else:
                 sends[n.id] = asyncio.create_task(self._send(channel, message))
-        return Delivery(ended, sends)
+        inbox = None
+        if inapp:
+            inbox = asyncio.create_task(deliver_inapp(rt.pool, rt.daemon_id, inapp))
+        return Delivery(ended, sends, inbox, [n.id for n, _ in inapp])
 
     async def _send(self, channel: Channel, message: Message) -> Receipt:
         # Channels enforce the send timeout themselves; this outer bound only guards
@@ -342,6 +296,7 @@ class Worker:
         self,
         batch: Sequence[ClaimedNotification],
         outcomes: Sequence[Outcome],
+        inbox_sent: set[int],
         started: float,
     ) -> None:
         """Write the outcomes, retrying through database trouble for as long as it lasts.
@@ -359,7 +314,7 @@ class Worker:
             await self._record(outcomes, recorded)
         finally:
             rt.unrecorded.difference_update(ids)
-        self._log_outcomes(batch, outcomes, recorded, started)
+        self._log_outcomes(batch, outcomes, recorded, inbox_sent, started)
 
     async def _record(self, outcomes: Sequence[Outcome], recorded: set[int]) -> None:
         rt = self.rt
@@ -411,11 +366,12 @@ class Worker:
         batch: Sequence[ClaimedNotification],
         outcomes: Sequence[Outcome],
         recorded: set[int],
+        inbox_sent: set[int],
         started: float,
     ) -> None:
         stats = self.rt.stats
         by_id = {n.id: n for n in batch}
-        sent_ids: list[int] = []
+        sent_ids = sorted(inbox_sent)
         for o in outcomes:
             n = by_id[o.id]
             if o.id not in recorded:

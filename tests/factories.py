@@ -202,34 +202,6 @@ async def claim(
     return list(await conn.fetch(queries.CLAIM_DUE, limit, daemon_id, lease, []))
 
 
-async def deliver_inapp(
-    conn: asyncpg.Connection, daemon_id: str, *, title: str = "Title", body: str = "Body"
-) -> list[int]:
-    """Claim and deliver the due in-app rows as the worker does, in one transaction
-    (`queries.CLAIM_DUE`, then `queries.FINISH_INAPP` with ``title`` and ``body``).
-
-    Returns the ids the finish wrote.
-    """
-    async with conn.transaction():
-        rows = [r for r in await claim(conn, daemon_id) if r["channel"] == "inapp"]
-        n = len(rows)
-        written = await conn.fetch(
-            queries.FINISH_INAPP,
-            [r["id"] for r in rows],
-            ["sent"] * n,
-            [None] * n,
-            [None] * n,
-            [False] * n,
-            [title] * n,
-            [body] * n,
-            [{}] * n,
-            [r["customer_id"] for r in rows],
-            [r["recipient"] for r in rows],
-            daemon_id,
-        )
-    return sorted(int(r["id"]) for r in written)
-
-
 async def record(
     conn: asyncpg.Connection,
     daemon_id: str,

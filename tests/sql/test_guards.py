@@ -2,9 +2,8 @@
 
 Two daemons, `daemon-a` and `daemon-b`, run the real statements of `pgnotify.queries`:
 A claims a row and stalls past its lease, B's rescuer puts the row back and B claims it.
-Whatever A then does with its stale claim (record an outcome, release at shutdown) must
-change nothing: the row is B's. In-app rows take no lease: they are finished in the claim's
-transaction, once.
+Whatever A then does with its stale claim (record an outcome, deliver in-app, release at
+shutdown) must change nothing: the row is B's.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import psycopg
 import pytest
 
 from pgnotify import queries
-from tests.factories import claim, daemon_connection, deliver_inapp, lone_notification, record
+from tests.factories import claim, daemon_connection, lone_notification, record
 
 Conn = psycopg.Connection[Any]
 
@@ -93,22 +92,25 @@ async def test_a_late_outcome_for_a_rescued_row_not_yet_reclaimed_changes_nothin
     assert snapshot(db, nid) == before
 
 
-async def test_an_inapp_row_is_never_leased_and_a_late_finish_writes_nothing(
+async def test_a_stale_daemon_cannot_deliver_in_app_over_a_reclaimed_row(
     db: Conn, clean_db: str
 ) -> None:
-    """The claim only locks an in-app row: committed on its own it leaves the row pending
-    and unclaimed. Delivered once, a second finish for the same row (a daemon whose claim
-    raced the first) matches nothing: one message, the first daemon's."""
+    """A's in-app delivery writes no inbox message and does not mark B's row sent; B's
+    delivery then writes exactly one message."""
     nid = lone_notification(db, channel="inapp")
     async with daemon_connection(clean_db) as conn:
+        await reclaimed_by_b(conn, nid)
         before = snapshot(db, nid)
-        assert [r["id"] for r in await claim(conn, "daemon-a")] == [nid]
-        assert snapshot(db, nid) == before
 
-        assert await deliver_inapp(conn, "daemon-a", title="A") == [nid]
-        assert await deliver_inapp(conn, "daemon-b", title="B") == []
-    assert db.execute("select title from pgnotify.inbox").fetchall() == [("A",)]
-    assert snapshot(db, nid)[:3] == ("sent", 1, "daemon-a")
+        stale = await conn.fetch(queries.DELIVER_INAPP, [nid], ["A"], ["from A"], [{}], "daemon-a")
+        assert stale == []
+        assert snapshot(db, nid) == before
+        assert db.execute("select count(*) from pgnotify.inbox").fetchone() == (0,)
+
+        mine = await conn.fetch(queries.DELIVER_INAPP, [nid], ["B"], ["from B"], [{}], "daemon-b")
+        assert [r["id"] for r in mine] == [nid]
+    assert db.execute("select title from pgnotify.inbox").fetchall() == [("B",)]
+    assert snapshot(db, nid)[0] == "sent"
 
 
 async def test_a_stale_daemons_shutdown_release_leaves_the_reclaimed_row_with_its_holder(
