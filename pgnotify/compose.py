@@ -82,31 +82,39 @@ class Composer:
         self, n: ClaimedNotification, ctx: Mapping[str, Any], budgeted: Mapping[str, ShopSource]
     ) -> Message:
         data = _channel_context(n.channel, ctx)
-        parts = {}
-        for part in PARTS[n.channel]:
-            source = budgeted.get(part)
-            if source is None:
-                parts[part] = self._render(n.kind, part, data)
-            else:
-                parts[part] = self.pool.render_blocking(
-                    source, n.kind, part, data, locale=data["locale"], shop_id=source.shop_id
-                )
-        return self._assemble(n, ctx, parts)
+        shop_parts = {
+            part: self.pool.render_blocking(
+                source, n.kind, part, data, locale=data["locale"], shop_id=source.shop_id
+            )
+            for part, source in budgeted.items()
+        }
+        return self._finish(n, ctx, data, shop_parts)
 
     async def _acompose(
         self, n: ClaimedNotification, ctx: Mapping[str, Any], budgeted: Mapping[str, ShopSource]
     ) -> Message:
         """``_compose`` awaiting the render pool, so the event loop goes on meanwhile."""
         data = _channel_context(n.channel, ctx)
-        parts = {}
-        for part in PARTS[n.channel]:
-            source = budgeted.get(part)
-            if source is None:
-                parts[part] = self._render(n.kind, part, data)
-            else:
-                parts[part] = await self.pool.render(
-                    source, n.kind, part, data, locale=data["locale"], shop_id=source.shop_id
-                )
+        shop_parts = {
+            part: await self.pool.render(
+                source, n.kind, part, data, locale=data["locale"], shop_id=source.shop_id
+            )
+            for part, source in budgeted.items()
+        }
+        return self._finish(n, ctx, data, shop_parts)
+
+    def _finish(
+        self,
+        n: ClaimedNotification,
+        ctx: Mapping[str, Any],
+        data: Mapping[str, Any],
+        shop_parts: Mapping[str, str],
+    ) -> Message:
+        """Render inline every part the shop has no file for, then assemble the message."""
+        parts = {
+            part: shop_parts[part] if part in shop_parts else self._render(n.kind, part, data)
+            for part in PARTS[n.channel]
+        }
         return self._assemble(n, ctx, parts)
 
     def compose_batch(self, batch: Sequence[ClaimedNotification]) -> list[Message | DeliveryError]:
