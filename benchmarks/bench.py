@@ -775,7 +775,7 @@ class Bench:
             f" seq-scans: {', '.join(generic['seq_scans']) or 'nothing'}",
         ).values.append(generic["execution_ms"])
         for name, label in (
-            ("deliver_inapp", "DELIVER_INAPP"),
+            ("finish_inapp", "FINISH_INAPP (after lock_inapp)"),
             ("record_outcomes", "RECORD_OUTCOMES"),
         ):
             after = claim["after_claim"][name]

@@ -120,11 +120,13 @@ join public.bench_bookings b
 OUTCOME_COUNTS = "select status, count(*) from pgnotify.notifications group by status"
 
 # -- unfinished --
-# Are rows still due or in flight? Two EXISTS on the two partial indexes: polling this
-# costs Postgres next to nothing, unlike a count over a 30,000-row backlog.
+# Are rows still due or in flight? An EXISTS on each partial index: polling this costs
+# Postgres next to nothing, unlike a count over a 30,000-row backlog.
 UNFINISHED = """
 select exists (select 1 from pgnotify.notifications where status = 'pending'
-                                                     and run_at <= now())
+                                                     and channel <> 'inapp' and run_at <= now())
+    or exists (select 1 from pgnotify.notifications where status = 'pending'
+                                                     and channel = 'inapp' and run_at <= now())
     or exists (select 1 from pgnotify.notifications where status = 'sending')
 """
 
@@ -187,11 +189,13 @@ async def insert_due(
 
 
 # -- bare_claim --
-# The reference loop's claim: the daemon's claim without context, re-check or pauses.
+# The reference loop's claim: the daemon's lease claim without context, re-check or
+# pauses, over the rows of its partial index (email and SMS; the in-app index has the same
+# shape, and the loop does nothing per row that depends on the channel).
 BARE_CLAIM = """
 with due as (
     select id from pgnotify.notifications
-    where status = 'pending' and run_at <= now()
+    where status = 'pending' and run_at <= now() and channel <> 'inapp'
     order by run_at, id
     limit $1
     for update skip locked

@@ -173,7 +173,7 @@ async def bare_loop(
     daemon.
     """
     await conn.execute(ds.RESET_QUEUE)
-    await ds.insert_due(conn, rows, ["inapp"], uuid.uuid4().hex[:8])
+    await ds.insert_due(conn, rows, ["email"], uuid.uuid4().hex[:8])
     await conn.execute("analyze pgnotify.notifications")
     conns = [await asyncpg.connect(url) for _ in range(loops)]
 

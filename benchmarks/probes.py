@@ -16,6 +16,10 @@ import asyncpg
 
 from benchmarks import dataset as ds
 from pgnotify import queries
+from pgnotify.channels.base import InappMessage
+from pgnotify.inbox import finish_args
+from pgnotify.outcome import Outcome
+from pgnotify.worker import to_claimed
 
 
 def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -87,7 +91,7 @@ async def median_explain(
 
 
 async def claim_probe(conn: asyncpg.Connection, *, backlog: int, batch: int) -> dict[str, Any]:
-    """``queries.CLAIM_DUE`` of ``batch`` rows over ``backlog`` pending in-app rows (behind
+    """``queries.CLAIM_DUE`` of ``batch`` rows over ``backlog`` pending email rows (behind
     as many finished ones): before ANALYZE has seen the burst, after it, and again after
     half the backlog was claimed and finished (dead index entries ahead of the first due
     row, as in the middle of a drain, before autovacuum).
@@ -95,7 +99,7 @@ async def claim_probe(conn: asyncpg.Connection, *, backlog: int, batch: int) -> 
     await conn.execute(ds.RESET_QUEUE)
     await conn.execute(ds.INSERT_HISTORY, backlog)
     await conn.execute("analyze pgnotify.notifications")
-    await ds.insert_due(conn, backlog, ["inapp"], uuid.uuid4().hex[:8])
+    await ds.insert_due(conn, backlog, ["email"], uuid.uuid4().hex[:8])
     out: dict[str, Any] = {"backlog": backlog, "batch": batch}
     claim_args: tuple[Any, ...] = (batch, "probe", 120.0, [])
     # As a burst meets it: the statistics still describe the table before the burst.
@@ -125,26 +129,28 @@ async def claim_probe(conn: asyncpg.Connection, *, backlog: int, batch: int) -> 
 
 
 async def _after_claim(conn: asyncpg.Connection, batch: int) -> dict[str, Any]:
-    """The statements that finish a claimed batch, each after a real ``CLAIM_DUE`` of
-    ``batch`` rows in the same (rolled back) transaction: ``DELIVER_INAPP`` as the in-app
-    channel runs it, and ``RECORD_OUTCOMES`` as it runs for email and SMS (all sent)."""
-
-    async def claimed(c: asyncpg.Connection) -> list[int]:
-        return [r[0] for r in await c.fetch(queries.CLAIM_DUE, batch, "probe", 120.0, [])]
+    """The statements that finish a batch, each after a real claim of ``batch`` rows in
+    the same (rolled back) transaction: ``lock_inapp`` then ``FINISH_INAPP`` as the in-app
+    path runs them (all sent), and ``RECORD_OUTCOMES`` after ``CLAIM_DUE`` as it runs for
+    email and SMS (all sent)."""
+    await ds.insert_due(conn, batch, ["inapp"], uuid.uuid4().hex[:8])
 
     async def inapp_args(c: asyncpg.Connection) -> tuple[Any, ...]:
-        ids = await claimed(c)
-        data = ['{"kind": "booking_confirmed", "booking_id": null, "payment_id": null}'] * len(ids)
-        return ids, ["Title"] * len(ids), ["Body text of the message"] * len(ids), data, "probe"
+        batch_ = to_claimed(await c.fetch(queries.lock_inapp(batch)))
+        outcomes = [Outcome(n.id, "sent") for n in batch_]
+        messages = {n.id: InappMessage(n.id, "Title", "Body text of the message") for n in batch_}
+        args = finish_args(batch_, outcomes, messages, "probe")
+        data = [json.dumps(d) for d in args[6]]  # this connection has no jsonb codec
+        return (*args[:6], data, *args[7:])
 
     async def outcome_args(c: asyncpg.Connection) -> tuple[Any, ...]:
-        ids = await claimed(c)
+        ids = [r[0] for r in await c.fetch(queries.CLAIM_DUE, batch, "probe", 120.0, [])]
         n = len(ids)
         return ids, ["sent"] * n, [None] * n, [None] * n, ["<id@x>"] * n, [False] * n, "probe"
 
     out = {}
     for name, sql, setup in (
-        ("deliver_inapp", queries.DELIVER_INAPP, inapp_args),
+        ("finish_inapp", queries.FINISH_INAPP, inapp_args),
         ("record_outcomes", queries.RECORD_OUTCOMES, outcome_args),
     ):
         ms, doc = await median_explain(conn, sql, setup=setup)
@@ -233,9 +239,22 @@ async def planning_ms(conn: asyncpg.Connection, *, batch: int = 100) -> dict[str
     n = len(ids)
     statements = {
         "CLAIM_DUE": (queries.CLAIM_DUE, (batch, "probe", 120.0, [])),
-        "DELIVER_INAPP": (
-            queries.DELIVER_INAPP,
-            (ids, ["t"] * n, ["b"] * n, ["{}"] * n, "probe"),
+        "lock_inapp": (queries.lock_inapp(batch), ()),
+        "FINISH_INAPP": (
+            queries.FINISH_INAPP,
+            (
+                ids,
+                ["sent"] * n,
+                [None] * n,
+                [None] * n,
+                ["t"] * n,
+                ["b"] * n,
+                ["{}"] * n,
+                [None] * n,
+                [None] * n,
+                [False] * n,
+                "probe",
+            ),
         ),
         "RECORD_OUTCOMES": (
             queries.RECORD_OUTCOMES,

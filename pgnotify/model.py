@@ -31,7 +31,8 @@ class Catalog:
 
 @dataclass(frozen=True, slots=True)
 class ClaimedNotification:
-    """A row of ``pgnotify.notifications`` this daemon holds in ``sending``.
+    """A row of ``pgnotify.notifications`` this daemon holds: in ``sending`` under its
+    lease, or (in-app) locked by the transaction that will write its outcome.
 
     ``context`` is the raw rendering context loaded for the whole batch in one query
     (see ``queries.py``: booking, shop, staff, service, customer, payment as dicts), or
@@ -49,6 +50,8 @@ class ClaimedNotification:
     run_at: datetime
     context: dict[str, Any] | None
     stale_reason: str | None = None
+    # The customer it is for, as the claim recorded it (None for the shop's alerts).
+    customer_id: UUID | None = None
     # The invitation's SEQUENCE, frozen into the row when it was queued (None: no ICS).
     ics_sequence: int | None = None
     # Who reads it (``pgnotify.kinds.audience``): ``customer``, or ``shop`` for the shop's

@@ -1,17 +1,23 @@
 """Every statement the daemon runs, named, on one page.
 
-Each is one round trip for a whole batch. Every state change is conditional on the row
-still being ``sending`` and claimed by this daemon (``claimed_by = $daemon``), so a late
-worker can never overwrite a row that another daemon re-claimed after a lease expiry.
+Each is one round trip for a whole batch. Every state change of a leased row is
+conditional on the row still being ``sending`` and claimed by this daemon
+(``claimed_by = $daemon``), so a late worker can never overwrite a row that another daemon
+re-claimed after a lease expiry; an in-app row is written only by the transaction that
+holds its lock.
 Time is always the database's ``now()``: daemons on other hosts may have skewed clocks.
 """
 
 from __future__ import annotations
 
-# -- claim_due --
-# Take up to $1 due pending rows in order, mark them ours under a lease, and return each
-# with its rendering context and why it must not be sent, if so (both computed in SQL,
-# for the whole batch at once: pgnotify.render_contexts is called once per claim).
+# -- claim_due, lock_inapp --
+# Two claims share one statement. A row sent over a network (email, SMS) is claimed under
+# a lease (CLAIM_DUE: `sending`, then sent and recorded apart); an in-app row is only
+# locked (lock_inapp), inside a transaction in which the worker composes it and writes its
+# outcome with its inbox message (FINISH_INAPP): one write, never `sending`. Each takes
+# up to $1 due pending rows of its own partial index, in order, and returns each with its
+# rendering context and why it must not be sent, if so (both computed in SQL, for the
+# whole batch at once: pgnotify.render_contexts is called once per claim).
 #
 # The recipient is read here, at send time, from the booking's current customer (by the
 # rule the triggers apply when queuing, pgnotify.recipient_of), and recorded in
@@ -25,16 +31,20 @@ from __future__ import annotations
 # Nothing in this statement does arithmetic on a row's data (render_contexts and
 # send_problem only compare), so no row can make it fail for the others. Should a data
 # error (SQLSTATE class 22) escape anyway, the worker claims the rows one at a time
-# (CLAIM_ONE, the same statement over one row) and fails the guilty one (FAIL_UNCLAIMABLE).
-_CLAIM = """
+# (CLAIM_ONE, LOCK_INAPP_ONE: the same statement over one row) and fails the guilty one
+# (FAIL_UNCLAIMABLE).
+_CHECKED = """
 with due as (
+    select id, kind, channel, booking_id, payment_id, occurrence, attempts, run_at,
+           ics_sequence, recipient as stored_recipient, customer_id as stored_customer_id
+    from pgnotify.notifications
     /*due*/
 ), contexts as (
     select * from pgnotify.render_contexts(array(select booking_id from due),
                                            array(select payment_id from due))
 ), addressed as (
     select d.*, x.booking_id is not null as found, x.booking_status, x.starts_at, x.problem,
-           coalesce(a.audience, 'customer') as audience,
+           x.context, coalesce(a.audience, 'customer') as audience,
            case when a.audience = 'shop' then null else x.customer_id end as customer_id,
            case when a.audience = 'shop' then x.shop_email else x.email end as email,
            case when a.audience = 'shop' then x.shop_phone else x.phone end as phone,
@@ -44,8 +54,12 @@ with due as (
            on x.booking_id = d.booking_id and x.payment_id is not distinct from d.payment_id
     left join pgnotify.kinds a on a.kind = d.kind
 ), checked as (
-    select d.id, d.found, d.audience, d.customer_id,
-           pgnotify.recipient_of(d.channel, d.email, d.phone, d.user_id) as recipient,
+    -- A vanished booking keeps the recipient it was queued for (it is skipped anyway).
+    select d.id, d.kind, d.channel, d.booking_id, d.payment_id, d.attempts, d.run_at,
+           d.ics_sequence, d.audience, d.context,
+           case when d.found then d.customer_id else d.stored_customer_id end as customer_id,
+           case when d.found then pgnotify.recipient_of(d.channel, d.email, d.phone, d.user_id)
+                else d.stored_recipient end as recipient,
            pgnotify.send_problem(d.kind, d.channel, d.occurrence, d.booking_status,
                                  d.starts_at, d.problem, d.email, d.phone, d.user_id,
                                  o.customer_id is not null, o.reason, d.audience) as problem
@@ -53,35 +67,50 @@ with due as (
     -- The answer to HELP goes despite an opt-out: carriers require it (as `enqueue`).
     left join pgnotify.opt_outs o on o.customer_id = d.customer_id and o.channel = d.channel
                                  and d.kind <> 'sms_help'
-), claimed as (
+), taken as (
+    /*take*/
+)
+select t.id, t.kind, t.channel, t.recipient, t.customer_id, t.booking_id, t.payment_id,
+       t.attempts, t.run_at, t.ics_sequence, t.audience,
+       -- Sibling rows (one booking's email, SMS and in-app) share one context: send it
+       -- once, on the first of them; the daemon hands it to the others.
+       case when row_number() over (partition by t.booking_id, t.payment_id order by t.id) = 1
+            then t.context end as context,
+       t.problem as stale_reason
+from taken t
+order by t.run_at, t.id
+"""
+
+# Rows sent over a network: marked ours under a lease ($2 daemon, $3 lease seconds),
+# attempt counted; channels paused in this daemon ($4) are left alone.
+_LEASE = """
     update pgnotify.notifications n
        set status = 'sending', attempts = n.attempts + 1, claimed_by = $2,
            lease_until = now() + make_interval(secs => $3), updated_at = now(),
-           customer_id = case when k.found then k.customer_id else n.customer_id end,
-           recipient = case when k.found then k.recipient else n.recipient end
+           customer_id = k.customer_id, recipient = k.recipient
       from checked k
      where n.id = k.id
-    returning n.id, n.kind, n.channel, n.recipient, n.booking_id, n.payment_id,
-              n.attempts, n.run_at, n.ics_sequence, k.problem, k.audience
-)
-select c.id, c.kind, c.channel, c.recipient, c.booking_id, c.payment_id, c.attempts,
-       c.run_at, c.ics_sequence, c.audience,
-       -- Sibling rows (one booking's email, SMS and in-app) share one context: send it
-       -- once, on the first of them; the daemon hands it to the others.
-       case when row_number() over (partition by c.booking_id, c.payment_id order by c.id) = 1
-            then x.context end as context,
-       c.problem as stale_reason
-from claimed c
-left join contexts x
-       on x.booking_id = c.booking_id and x.payment_id is not distinct from c.payment_id
-order by c.run_at, c.id
+    returning n.id, n.kind, n.channel, n.recipient, n.customer_id, n.booking_id, n.payment_id,
+              n.attempts, n.run_at, n.ics_sequence, k.audience, k.context, k.problem
 """
 
-CLAIM_DUE = _CLAIM.replace(
-    "/*due*/",
-    """select id, kind, channel, booking_id, payment_id, occurrence
-    from pgnotify.notifications
-    where status = 'pending' and run_at <= now()
+# In-app rows: locked only, by the transaction that will write them; `attempts` and the
+# customer and recipient come back as FINISH_INAPP will record them.
+_LOCK = """
+    select id, kind, channel, recipient, customer_id, booking_id, payment_id,
+           attempts + 1 as attempts, run_at, ics_sequence, audience, context, problem
+    from checked
+"""
+
+
+def _claim(take: str, due: str) -> str:
+    return _CHECKED.replace("/*take*/", take.strip()).replace("/*due*/", due.strip())
+
+
+CLAIM_DUE = _claim(
+    _LEASE,
+    """
+    where status = 'pending' and run_at <= now() and channel <> 'inapp'
       and channel <> all ($4::text[])
     order by run_at, id
     limit $1
@@ -91,23 +120,126 @@ CLAIM_DUE = _CLAIM.replace(
 # -- claim_one --
 # The claim of row $1 alone, if it is still due and free (same parameters otherwise):
 # the worker's fallback when CLAIM_DUE failed on some row's data.
-CLAIM_ONE = _CLAIM.replace(
-    "/*due*/",
-    """select id, kind, channel, booking_id, payment_id, occurrence
-    from pgnotify.notifications
-    where id = $1::bigint and status = 'pending' and run_at <= now()
+CLAIM_ONE = _claim(
+    _LEASE,
+    """
+    where id = $1::bigint and status = 'pending' and run_at <= now() and channel <> 'inapp'
       and channel <> all ($4::text[])
     for update skip locked""",
 )
 
-# -- due_ids --
-# The ids CLAIM_DUE would take, in its order, without claiming them (the fallback's list).
+_LOCK_INAPP = _claim(
+    _LOCK,
+    """
+    where status = 'pending' and run_at <= now() and channel = 'inapp'
+    order by run_at, id
+    limit /*limit*/
+    for update skip locked""",
+)
+
+
+def lock_inapp(batch_size: int) -> str:
+    """LOCK_INAPP for batches of ``batch_size``, written into the statement.
+
+    The daemon's batch size is fixed for its life, and a statement without parameters is
+    planned once per connection and its plan reused (ANALYZE invalidates it), where one
+    with parameters is planned at every run (``plan_cache_mode = force_custom_plan``,
+    db.py): about a tenth of this claim's cost in Postgres. The plan is the one a custom
+    plan would be: every value is known.
+    """
+    return _LOCK_INAPP.replace("/*limit*/", str(int(batch_size)))
+
+
+# -- lock_inapp_one --
+# lock_inapp() of row $1 alone (the fallback, as CLAIM_ONE).
+LOCK_INAPP_ONE = _claim(
+    _LOCK,
+    """
+    where id = $1::bigint and status = 'pending' and run_at <= now() and channel = 'inapp'
+    for update skip locked""",
+)
+
+# -- due_ids, due_inapp_ids --
+# The ids CLAIM_DUE (lock_inapp) would take, in its order, without taking them (the
+# fallback's list).
 DUE_IDS = """
 select id
 from pgnotify.notifications
-where status = 'pending' and run_at <= now() and channel <> all ($2::text[])
+where status = 'pending' and run_at <= now() and channel <> 'inapp'
+  and channel <> all ($2::text[])
 order by run_at, id
 limit $1
+"""
+DUE_INAPP_IDS = """
+select id
+from pgnotify.notifications
+where status = 'pending' and run_at <= now() and channel = 'inapp'
+order by run_at, id
+limit $1
+"""
+
+# -- finish_inapp --
+# The outcomes of the in-app rows this transaction locked (lock_inapp), in one statement,
+# each row written once, straight from `pending`: a `sent` row gets its inbox message ($5
+# title, $6 body, $7 data) and is marked sent with the inbox id; the others get their
+# status, error and retry delay. Every attempt counts (unless $10 `release`: nothing was
+# tried), the customer and recipient are those the lock read ($8, $9), and `claimed_by`
+# names this daemon ($11), the one that took the row. Then NOTIFY pgnotify_inbox once per
+# user, so the application can push the messages live. The caller's transaction holds the
+# rows' locks, so nothing else can have written them since; an inbox message already
+# there for a row (the unique key) fails the statement, and with it the transaction.
+#
+# The two UPDATEs touch different rows, each joined to one set only: a join between the
+# CTEs, whose sizes the planner cannot know, would be planned as a nested loop over both.
+FINISH_INAPP = """
+with u as (
+    select *
+    from unnest($1::bigint[], $2::text[], $3::float8[], $4::text[], $5::text[], $6::text[],
+                $7::jsonb[], $8::uuid[], $9::text[], $10::bool[])
+         as u (id, status, delay, last_error, title, body, data, customer_id, recipient,
+               release)
+), inserted as (
+    insert into pgnotify.inbox (customer_id, user_id, notification_id, kind, title, body, data)
+    select u.customer_id, u.recipient::uuid, n.id, n.kind, u.title, u.body, u.data
+    from u join pgnotify.notifications n on n.id = u.id
+    where u.status = 'sent'
+    returning id, notification_id, customer_id, user_id
+), sent as (
+    update pgnotify.notifications n
+       set status = 'sent', attempts = n.attempts + 1, last_error = null,
+           provider_id = 'inbox:' || i.id, sent_at = now(), customer_id = i.customer_id,
+           recipient = i.user_id::text, claimed_by = $11, updated_at = now()
+      from inserted i
+     where n.id = i.notification_id
+    returning n.id
+), unsent as (
+    update pgnotify.notifications n
+       set status = u.status,
+           run_at = case when u.delay is null then n.run_at
+                         else now() + make_interval(secs => u.delay) end,
+           attempts = case when u.release then n.attempts else n.attempts + 1 end,
+           last_error = u.last_error, customer_id = u.customer_id, recipient = u.recipient,
+           claimed_by = $11, updated_at = now()
+      from u
+     where n.id = u.id and u.status <> 'sent'
+    returning n.id
+), woken as (
+    select count(pg_notify('pgnotify_inbox', user_id::text)) as n
+    from (select distinct user_id from inserted) d
+)
+-- One row: the ids written, and how many users were woken (a scalar sub-select, so that
+-- `woken` runs whatever the other lists hold).
+select array(select id from sent union all select id from unsent) as ids,
+       (select n from woken) as users_woken
+"""
+
+# -- lock_pending --
+# Those of rows $1 that are still pending, locked (after a failed FINISH_INAPP: the
+# transaction that held them rolled back, so another daemon may have taken them since).
+LOCK_PENDING = """
+select id from pgnotify.notifications
+where id = any ($1::bigint[]) and status = 'pending'
+for update skip locked
 """
 
 # -- fail_unclaimable --
@@ -141,41 +273,17 @@ update pgnotify.notifications n
 returning n.id
 """
 
-# -- deliver_inapp --
-# The in-app channel: insert into the inbox and mark sent in one statement (so exactly
-# once), then NOTIFY pgnotify_inbox once per user so the application can push it live.
-DELIVER_INAPP = """
-with mine as (
-    select n.id, n.customer_id, n.recipient, n.kind, u.title, u.body, u.data
-    from unnest($1::bigint[], $2::text[], $3::text[], $4::jsonb[]) as u (id, title, body, data)
-    join pgnotify.notifications n
-      on n.id = u.id and n.status = 'sending' and n.claimed_by = $5
-), inserted as (
-    insert into pgnotify.inbox (customer_id, user_id, notification_id, kind, title, body, data)
-    select customer_id, recipient::uuid, id, kind, title, body, data from mine
-    on conflict (notification_id) do nothing
-    returning id as inbox_id, notification_id, user_id
-), marked as (
-    update pgnotify.notifications n
-       set status = 'sent', sent_at = now(), provider_id = 'inbox:' || i.inbox_id,
-           last_error = null, lease_until = null, updated_at = now()
-      from inserted i
-     where n.id = i.notification_id
-    returning n.id
-), woken as (
-    select count(pg_notify('pgnotify_inbox', user_id::text)) as n
-    from (select distinct user_id from inserted) d
-)
-select m.id from marked m, woken
-"""
-
 # -- next_run_at --
-# When the scheduler should look again: the earliest pending run_at (partial index), and
-# whether the queue's triggers send wake-ups (pgnotify.settings; no row counts as on).
+# When the scheduler should look again: the earliest pending run_at (both partial
+# indexes), and whether the queue's triggers send wake-ups (pgnotify.settings; no row
+# counts as on).
 NEXT_RUN_AT = """
-select (select extract(epoch from (min(run_at) - now()))::float8
-        from pgnotify.notifications
-        where status = 'pending' and channel <> all ($1::text[])) as due_in,
+select extract(epoch from (least(
+           (select min(run_at) from pgnotify.notifications
+            where status = 'pending' and channel <> 'inapp' and channel <> all ($1::text[])),
+           (select min(run_at) from pgnotify.notifications
+            where status = 'pending' and channel = 'inapp' and channel <> all ($1::text[])))
+       - now()))::float8 as due_in,
        coalesce((select wakeup_notify from pgnotify.settings), true) as wakeup_notify
 """
 

@@ -1,14 +1,17 @@
-"""Workers: claim a batch, compose it, deliver it, record the outcomes; repeat.
+"""Workers: deliver due in-app rows, claim a batch of the others, compose it, deliver it,
+record the outcomes; repeat.
 
-Each step is one round trip for the whole batch and returns its values: ``claim`` the
-claimed rows, ``Composer.acompose_batch`` a message (or the error it ended with) per row,
-``deliver`` the sends in flight, ``Delivery.settle`` what finished, ``observe_pauses`` each
-row's channel pause, ``decide_outcomes`` each row's next state (pure), ``record`` what
-landed. A worker that finds
-nothing waits for the scheduler's doorbell. Database errors never kill a worker: it backs
-off and goes on, and outcomes it could not record are retried until they land (or the
-daemon stops and the lease gives the rows back), because a sent message whose outcome is
-lost would be sent again.
+Each step is one round trip for the whole batch and returns its values. In-app rows are a
+database write: ``inapp`` locks them, composes them and writes their outcomes with their
+inbox messages (``pgnotify.inbox``), in one transaction. The others leave the process, so
+they are claimed under a lease: ``claim`` the claimed rows, ``Composer.acompose_batch`` a
+message (or the error it ended with) per row, ``deliver`` the sends in flight,
+``Delivery.settle`` what finished, ``observe_pauses`` each row's channel pause,
+``decide_outcomes`` each row's next state (pure), ``record`` what landed. A worker that
+finds nothing waits for the scheduler's doorbell. Database errors never kill a worker: it
+backs off and goes on, and outcomes it could not record are retried until they land (or
+the daemon stops and the lease gives the rows back), because a sent message whose outcome
+is lost would be sent again.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from pgnotify import queries
+from pgnotify.catalog import INAPP
 from pgnotify.channels.base import Channel, InappMessage, Message, Receipt
 from pgnotify.db import DB_ERRORS
 from pgnotify.errors import ConfigurationError, DeliveryError, PermanentError, TransientError
-from pgnotify.inbox import deliver_inapp
+from pgnotify.inbox import finish_inapp
 from pgnotify.logs import get_logger
 from pgnotify.model import ClaimedNotification
 from pgnotify.outcome import Outcome, backoff, decide
@@ -39,6 +44,8 @@ from pgnotify.wakeup import Doorbell
 STOP_RECORD_GRACE = 5.0
 # How long cancelled sends may take to close their connections.
 SETTLE_TIMEOUT = 5.0
+
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 
 def to_claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
@@ -61,6 +68,7 @@ def to_claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
                 kind=row["kind"],
                 channel=row["channel"],
                 recipient=row["recipient"],
+                customer_id=row["customer_id"],
                 booking_id=row["booking_id"],
                 payment_id=row["payment_id"],
                 attempts=row["attempts"],
@@ -76,33 +84,25 @@ def to_claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
 
 @dataclass
 class Delivery:
-    """One batch's deliveries in flight: a task per network send and one inbox write."""
+    """One batch's network sends in flight, a task each."""
 
     ended: dict[int, DeliveryError]
     """Rows that ended before any send: composition failed, channel paused or missing."""
     sends: dict[int, asyncio.Task[Receipt]]
-    inbox: asyncio.Task[set[int]] | None
-    inbox_ids: list[int]
 
     async def wait(self) -> None:
-        """Until every send and the inbox write has finished."""
-        tasks: list[asyncio.Future[Any]] = [*self.sends.values()]
-        if self.inbox is not None:
-            tasks.append(self.inbox)
-        if tasks:
-            await asyncio.wait(tasks)
+        """Until every send has finished."""
+        if self.sends:
+            await asyncio.wait(self.sends.values())
 
-    async def settle(self) -> tuple[dict[int, Receipt | BaseException], set[int]]:
-        """Each finished row's result, and the in-app ids the inbox write marked sent.
+    async def settle(self) -> dict[int, Receipt | BaseException]:
+        """Each finished row's result.
 
         Whatever has not finished (shutdown past its grace) is cancelled, and awaited so
         its connection is cleaned up before the daemon closes them; it has no result: the
         release at shutdown, or the lease, gives it back.
         """
-        tasks: list[asyncio.Future[Any]] = [*self.sends.values()]
-        if self.inbox is not None:
-            tasks.append(self.inbox)
-        unfinished = [t for t in tasks if not t.done()]
+        unfinished = [t for t in self.sends.values() if not t.done()]
         for task in unfinished:
             task.cancel()
         if unfinished:
@@ -111,14 +111,25 @@ class Delivery:
         for nid, task in self.sends.items():
             if task.done() and not task.cancelled():
                 results[nid] = task.exception() or task.result()
-        inbox_sent: set[int] = set()
-        if self.inbox is not None and self.inbox.done() and not self.inbox.cancelled():
-            if (exc := self.inbox.exception()) is None:
-                inbox_sent = self.inbox.result()
-            else:
-                error = TransientError(f"inbox write failed: {describe_error(exc)}")
-                results.update(dict.fromkeys(self.inbox_ids, error))
-        return results, inbox_sent
+        return results
+
+
+def inapp_results(
+    batch: Sequence[ClaimedNotification], composed: Sequence[Message | DeliveryError]
+) -> tuple[dict[int, Receipt | BaseException], dict[int, InappMessage]]:
+    """Each composed in-app row's result (a message is delivered: the inbox write is its
+    receipt) and its message (pure)."""
+    results: dict[int, Receipt | BaseException] = {}
+    messages: dict[int, InappMessage] = {}
+    for n, message in zip(batch, composed, strict=True):
+        if isinstance(message, InappMessage):
+            messages[n.id] = message
+            results[n.id] = Receipt(None)
+        elif isinstance(message, DeliveryError):
+            results[n.id] = message
+        else:
+            results[n.id] = PermanentError(f"in-app row composed as {type(message).__name__}")
+    return results, messages
 
 
 def decide_outcomes(
@@ -127,8 +138,8 @@ def decide_outcomes(
     pauses: Mapping[int, float],
     settings: Settings,
 ) -> list[Outcome]:
-    """Each finished row's next state (pure); rows without a result are left out: in-app
-    rows are marked by the inbox write, and unfinished ones are released or rescued."""
+    """Each finished row's next state (pure); rows without a result (unfinished ones) are
+    left out: the release at shutdown or the lease rescuer gives them back."""
     return [
         decide(
             n.id,
@@ -149,6 +160,7 @@ class Worker:
         self.index = index
         self.log = get_logger(component="worker", worker=index)
         self._db_failures = 0
+        self.lock_inapp = queries.lock_inapp(rt.settings.NOTIFICATION_BATCH_SIZE)
 
     async def run(self) -> None:
         """Loop until the daemon stops; the current batch always finishes."""
@@ -156,18 +168,19 @@ class Worker:
         while not rt.stopping.is_set():
             token = rt.work.token()
             try:
+                inapp = await self.inapp()
                 batch = await self.claim()
             except DB_ERRORS as exc:
                 await self._db_trouble("claim_failed", exc)
                 continue
-            if not batch:
+            if batch:
+                rt.stats.in_flight += len(batch)
+                try:
+                    await self.process(batch)
+                finally:
+                    rt.stats.in_flight -= len(batch)
+            elif not inapp:
                 await Doorbell.wait(token, rt.settings.NOTIFICATION_POLL_INTERVAL)
-                continue
-            rt.stats.in_flight += len(batch)
-            try:
-                await self.process(batch)
-            finally:
-                rt.stats.in_flight -= len(batch)
 
     async def _db_trouble(self, event: str, exc: BaseException) -> None:
         self.rt.db_failed()
@@ -178,27 +191,8 @@ class Worker:
             async with asyncio.timeout(delay):
                 await self.rt.stopping.wait()
 
-    async def claim(self) -> list[ClaimedNotification]:
-        """Claim a batch of due rows; a row whose data fails the claim fails alone.
-
-        The claim statement computes nothing that one row's data can overflow, but should
-        a data error (SQLSTATE class 22) escape it anyway, the batch is claimed again one
-        row at a time and the row that raised it becomes a dead letter with the error, so
-        it can never stop every other row from being sent.
-        """
+    def _claimed(self, rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
         rt = self.rt
-        s = rt.settings
-        try:
-            rows = await rt.pool.fetch(
-                queries.CLAIM_DUE,
-                s.NOTIFICATION_BATCH_SIZE,
-                rt.daemon_id,
-                s.NOTIFICATION_LEASE_SECONDS,
-                rt.pauses.paused(),
-            )
-        except asyncpg.DataError as exc:
-            self.log.warning("claim_data_error", error=describe_error(exc), note="one by one")
-            rows = await self._claim_one_by_one()
         rt.db_ok()
         self._db_failures = 0
         rt.stats.last_claim_at = time.time()
@@ -207,21 +201,102 @@ class Worker:
             self.log.debug("claimed", count=len(batch), ids=[n.id for n in batch])
         return batch
 
-    async def _claim_one_by_one(self) -> list[asyncpg.Record]:
-        """Claim the due rows one at a time; fail each one whose claim is a data error."""
+    async def inapp(self) -> int:
+        """Deliver a batch of due in-app rows in one transaction; returns how many it took.
+
+        A row whose data fails the lock fails alone: see ``claim``.
+        """
+        if INAPP in self.rt.pauses.paused():
+            return 0
+        try:
+            return await self._inapp(one_by_one=False)
+        except asyncpg.DataError as exc:  # from the lock: _inapp handles those after it
+            self.log.warning("claim_data_error", error=describe_error(exc), note="one by one")
+        return await self._inapp(one_by_one=True)
+
+    async def _inapp(self, *, one_by_one: bool) -> int:
+        """Lock, compose and write in-app rows, each once with its inbox message, before
+        the transaction commits: only they are held while a shop's template renders.
+
+        Should the write fail, the transaction rolls back and those rows still pending are
+        written as a failed attempt in another, so that a row which always fails the write
+        runs out of retries instead of coming back forever.
+        """
+        rt = self.rt
+        started = time.perf_counter()
+        batch: list[ClaimedNotification] = []
+        outcomes: list[Outcome] = []
+        try:
+            async with rt.pool.acquire() as conn, conn.transaction():
+                if one_by_one:
+                    rows = await self._one_by_one(
+                        conn, queries.DUE_INAPP_IDS, queries.LOCK_INAPP_ONE
+                    )
+                else:
+                    rows = await conn.fetch(self.lock_inapp)
+                batch = self._claimed(rows)
+                if not batch:
+                    return 0
+                results, messages = inapp_results(batch, await rt.composer.acompose_batch(batch))
+                pauses = self.observe_pauses(batch, results)
+                outcomes = decide_outcomes(batch, results, pauses, rt.settings)
+                written = await finish_inapp(conn, rt.daemon_id, batch, outcomes, messages)
+        except DB_ERRORS as exc:
+            if not outcomes:
+                raise  # nothing was written: the rows are pending as they were
+            outcomes, written = await self._inbox_failed(batch, exc)
+        self._log_outcomes(batch, outcomes, written, started)
+        return len(batch)
+
+    async def _inbox_failed(
+        self, batch: Sequence[ClaimedNotification], exc: BaseException
+    ) -> tuple[list[Outcome], set[int]]:
+        """Write a failed attempt for the rows whose outcomes could not be written (those
+        still pending: the commit may have landed after all, or another daemon taken them)."""
+        rt = self.rt
+        ids = [n.id for n in batch]
+        error = TransientError(f"inbox write failed: {describe_error(exc)}")
+        outcomes = decide_outcomes(batch, dict.fromkeys(ids, error), {}, rt.settings)
+        async with rt.pool.acquire() as conn, conn.transaction():
+            mine = {r["id"] for r in await conn.fetch(queries.LOCK_PENDING, ids)}
+            outcomes = [o for o in outcomes if o.id in mine]
+            return outcomes, await finish_inapp(conn, rt.daemon_id, batch, outcomes, {})
+
+    async def claim(self) -> list[ClaimedNotification]:
+        """Claim a batch of due rows to send under a lease; a row whose data fails the
+        claim fails alone.
+
+        The claims compute nothing that one row's data can overflow, but should a data
+        error (SQLSTATE class 22) escape one anyway, the batch is taken again one row at
+        a time and the row that raised it becomes a dead letter with the error, so it can
+        never stop every other row from being sent.
+        """
         rt = self.rt
         s = rt.settings
-        paused = rt.pauses.paused()
+        lease = (rt.daemon_id, s.NOTIFICATION_LEASE_SECONDS, rt.pauses.paused())
+        try:
+            rows = await rt.pool.fetch(queries.CLAIM_DUE, s.NOTIFICATION_BATCH_SIZE, *lease)
+        except asyncpg.DataError as exc:
+            self.log.warning("claim_data_error", error=describe_error(exc), note="one by one")
+            async with rt.pool.acquire() as conn, conn.transaction():
+                rows = await self._one_by_one(conn, queries.DUE_IDS, queries.CLAIM_ONE, lease)
+        return self._claimed(rows)
+
+    async def _one_by_one(
+        self, conn: Conn, due_ids: str, take_one: str, lease: tuple[Any, ...] = ()
+    ) -> list[asyncpg.Record]:
+        """Take the due rows one at a time, each in a savepoint of the caller's
+        transaction; fail each one whose claim is a data error."""
         rows: list[asyncpg.Record] = []
-        for (nid,) in await rt.pool.fetch(queries.DUE_IDS, s.NOTIFICATION_BATCH_SIZE, paused):
+        paused = lease[2:]  # the lease's last part: the paused channels DUE_IDS leaves out
+        for (nid,) in await conn.fetch(due_ids, self.rt.settings.NOTIFICATION_BATCH_SIZE, *paused):
             try:
-                rows += await rt.pool.fetch(
-                    queries.CLAIM_ONE, nid, rt.daemon_id, s.NOTIFICATION_LEASE_SECONDS, paused
-                )
+                async with conn.transaction():
+                    rows += await conn.fetch(take_one, nid, *lease)
             except asyncpg.DataError as exc:
                 error = describe_error(exc)
-                if await rt.pool.fetch(queries.FAIL_UNCLAIMABLE, nid, error):
-                    rt.stats.failed += 1
+                if await conn.fetch(queries.FAIL_UNCLAIMABLE, nid, error):
+                    self.rt.stats.failed += 1
                     self.log.error("failed", id=nid, error=f"cannot be claimed: {error}")
         return rows
 
@@ -244,36 +319,30 @@ class Worker:
         self, batch: Sequence[ClaimedNotification], delivery: Delivery, started: float
     ) -> None:
         """Settle the deliveries, account pauses, decide and record the outcomes."""
-        results, inbox_sent = await delivery.settle()
+        results = await delivery.settle()
         pauses = self.observe_pauses(batch, results)
         outcomes = decide_outcomes(batch, results, pauses, self.rt.settings)
-        if outcomes or inbox_sent:
-            await self.record(batch, outcomes, inbox_sent, started)
+        if outcomes:
+            await self.record(batch, outcomes, started)
 
     def deliver(
         self, batch: Sequence[ClaimedNotification], composed: Sequence[Message | DeliveryError]
     ) -> Delivery:
-        """Start the batch's deliveries: the inbox write and the network sends go together."""
+        """Start the batch's network sends, all together."""
         rt = self.rt
         paused = set(rt.pauses.paused())
         ended: dict[int, DeliveryError] = {}
         sends: dict[int, asyncio.Task[Receipt]] = {}
-        inapp: list[tuple[ClaimedNotification, InappMessage]] = []
         for n, message in zip(batch, composed, strict=True):
             if isinstance(message, DeliveryError):
                 ended[n.id] = message
-            elif isinstance(message, InappMessage):
-                inapp.append((n, message))
             elif n.channel in paused:
                 ended[n.id] = ConfigurationError(f"{n.channel} channel is paused")
             elif (channel := rt.channels.get(n.channel)) is None:
                 ended[n.id] = PermanentError(f"no channel configured for {n.channel!r}")
             else:
                 sends[n.id] = asyncio.create_task(self._send(channel, message))
-        inbox = None
-        if inapp:
-            inbox = asyncio.create_task(deliver_inapp(rt.pool, rt.daemon_id, inapp))
-        return Delivery(ended, sends, inbox, [n.id for n, _ in inapp])
+        return Delivery(ended, sends)
 
     async def _send(self, channel: Channel, message: Message) -> Receipt:
         # Channels enforce the send timeout themselves; this outer bound only guards
@@ -296,7 +365,6 @@ class Worker:
         self,
         batch: Sequence[ClaimedNotification],
         outcomes: Sequence[Outcome],
-        inbox_sent: set[int],
         started: float,
     ) -> None:
         """Write the outcomes, retrying through database trouble for as long as it lasts.
@@ -314,7 +382,7 @@ class Worker:
             await self._record(outcomes, recorded)
         finally:
             rt.unrecorded.difference_update(ids)
-        self._log_outcomes(batch, outcomes, recorded, inbox_sent, started)
+        self._log_outcomes(batch, outcomes, recorded, started)
 
     async def _record(self, outcomes: Sequence[Outcome], recorded: set[int]) -> None:
         rt = self.rt
@@ -366,12 +434,11 @@ class Worker:
         batch: Sequence[ClaimedNotification],
         outcomes: Sequence[Outcome],
         recorded: set[int],
-        inbox_sent: set[int],
         started: float,
     ) -> None:
         stats = self.rt.stats
         by_id = {n.id: n for n in batch}
-        sent_ids = sorted(inbox_sent)
+        sent_ids = []
         for o in outcomes:
             n = by_id[o.id]
             if o.id not in recorded:

@@ -391,10 +391,14 @@ create table pgnotify.notifications (
 -- history is found through their bookings), and `lease_until`, which changes on every
 -- claim, is in no index.
 
--- The claim reads only this: due pending rows in order. Partial, so finished history
--- never enters it.
+-- The claims read only these: due pending rows in order, one index for the rows sent over
+-- a network (claimed under a lease) and one for in-app rows (locked and written in one
+-- transaction), so that neither claim walks past the other's backlog. Partial, so
+-- finished history never enters them, and each pending row is in exactly one.
 create index notifications_pending_run_at_idx on pgnotify.notifications (run_at, id)
-    where status = 'pending';
+    where status = 'pending' and channel <> 'inapp';
+create index notifications_pending_inapp_idx on pgnotify.notifications (run_at, id)
+    where status = 'pending' and channel = 'inapp';
 
 -- Expired leases are found through this small partial index (only in-flight rows).
 create index notifications_sending_idx on pgnotify.notifications (id)

@@ -13,7 +13,11 @@ import asyncpg
 import psycopg
 
 from pgnotify import queries
+from pgnotify.channels.base import InappMessage
 from pgnotify.db import as_url, init_connection
+from pgnotify.inbox import finish_inapp
+from pgnotify.outcome import Outcome
+from pgnotify.worker import to_claimed
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,30 @@ async def claim(
 ) -> list[asyncpg.Record]:
     """Run the daemon's claim (`queries.CLAIM_DUE`) as daemon ``daemon_id``."""
     return list(await conn.fetch(queries.CLAIM_DUE, limit, daemon_id, lease, []))
+
+
+async def take_due(
+    conn: asyncpg.Connection, daemon_id: str, *, limit: int = 100
+) -> list[asyncpg.Record]:
+    """Every due row as the daemon's claims return it: email and SMS claimed under a lease
+    (`claim`), in-app rows as the in-app lock reads them (outside a transaction, the lock
+    ends with its statement)."""
+    leased = await claim(conn, daemon_id, limit=limit)
+    return [*leased, *await conn.fetch(queries.lock_inapp(limit))]
+
+
+async def deliver_inapp(
+    conn: asyncpg.Connection, daemon_id: str, *, title: str = "Title", body: str = "Body"
+) -> list[int]:
+    """Lock and deliver the due in-app rows as the worker does, in one transaction
+    (`queries.lock_inapp`, then `pgnotify.inbox.finish_inapp`, each row sent with
+    ``title`` and ``body``). Returns the ids the finish wrote."""
+    async with conn.transaction():
+        batch = to_claimed(await conn.fetch(queries.lock_inapp(100)))
+        outcomes = [Outcome(n.id, "sent") for n in batch]
+        messages = {n.id: InappMessage(n.id, title, body) for n in batch}
+        written = await finish_inapp(conn, daemon_id, batch, outcomes, messages)
+    return sorted(written)
 
 
 async def record(

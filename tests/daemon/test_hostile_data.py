@@ -18,7 +18,6 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pgnotify import queries
 from pgnotify.channels.base import EmailMessage, InappMessage, SmsMessage
 from pgnotify.channels.mime import build_mime
 from pgnotify.compose import Composer
@@ -27,7 +26,7 @@ from pgnotify.errors import DeliveryError
 from pgnotify.templates import TemplateRenderer
 from pgnotify.worker import to_claimed
 from tests.daemon.harness import count_reaches, make_settings, running
-from tests.factories import make_booking, make_world
+from tests.factories import make_booking, make_world, take_due
 from tests.peers.smtp import SmtpPeer
 
 Conn = psycopg.Connection[Any]
@@ -71,14 +70,12 @@ phones = st.one_of(
     st.from_regex(r"\+[1-9][0-9]{6,14}", fullmatch=True),
 )
 
-CLAIM_ALL = queries.CLAIM_DUE
-
 
 async def claim_everything(dsn: str, limit: int = 100) -> list[Any]:
     conn = await asyncpg.connect(as_url(dsn), server_settings={"timezone": "UTC"})
     try:
         await init_connection(conn)
-        return list(await conn.fetch(CLAIM_ALL, limit, "hostile-test", 60.0, []))
+        return await take_due(conn, "hostile-test", limit=limit)
     finally:
         await conn.close()
 

@@ -85,6 +85,13 @@ class History:
                 (ids,),
             ).fetchall()
 
+    def statuses(self, ids: list[int]) -> dict[int, list[str]]:
+        """Each row's status after each of its updates, in order: every write it took."""
+        out: dict[int, list[str]] = {i: [] for i in ids}
+        for row_id, status, *_ in self._rows(ids):
+            out[row_id].append(status)
+        return out
+
     def attempts(self, ids: list[int]) -> dict[int, list[Attempt]]:
         """Each row's attempts in order; an update that is not a claim ends the open one."""
         out: dict[int, list[Attempt]] = {i: [] for i in ids}

@@ -25,7 +25,7 @@ from pgnotify.errors import DeliveryError, TransientError
 from pgnotify.templates import TemplateRenderer
 from pgnotify.worker import to_claimed
 from tests.daemon.harness import make_settings
-from tests.factories import claim, daemon_connection, make_booking, make_world
+from tests.factories import daemon_connection, make_booking, make_world, take_due
 
 Conn = psycopg.Connection[Any]
 
@@ -191,7 +191,7 @@ async def test_any_booking_model_values_succeed_and_other_bookings_still_deliver
     db.execute("set timezone = 'UTC'")
     normal = make_booking(db, make_world(db))
     async with daemon_connection(clean_db) as conn:
-        claimed = to_claimed(await claim(conn, "fuzz", limit=1000))
+        claimed = to_claimed(await take_due(conn, "fuzz", limit=1000))
     settings_ = make_settings(clean_db, tmp_path)
     composer = Composer(settings_, TemplateRenderer.from_settings(settings_))
     composed = composer.compose_batch(claimed)

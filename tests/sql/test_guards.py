@@ -2,8 +2,9 @@
 
 Two daemons, `daemon-a` and `daemon-b`, run the real statements of `pgnotify.queries`:
 A claims a row and stalls past its lease, B's rescuer puts the row back and B claims it.
-Whatever A then does with its stale claim (record an outcome, deliver in-app, release at
-shutdown) must change nothing: the row is B's.
+Whatever A then does with its stale claim (record an outcome, release at shutdown) must
+change nothing: the row is B's. In-app rows take no lease: they are locked and written in
+one transaction, once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import psycopg
 import pytest
 
 from pgnotify import queries
-from tests.factories import claim, daemon_connection, lone_notification, record
+from tests.factories import claim, daemon_connection, deliver_inapp, lone_notification, record
 
 Conn = psycopg.Connection[Any]
 
@@ -92,25 +93,23 @@ async def test_a_late_outcome_for_a_rescued_row_not_yet_reclaimed_changes_nothin
     assert snapshot(db, nid) == before
 
 
-async def test_a_stale_daemon_cannot_deliver_in_app_over_a_reclaimed_row(
+async def test_an_inapp_row_is_never_leased_and_a_late_finish_writes_nothing(
     db: Conn, clean_db: str
 ) -> None:
-    """A's in-app delivery writes no inbox message and does not mark B's row sent; B's
-    delivery then writes exactly one message."""
+    """The lease claim never takes an in-app row, and the in-app lock committed on its own
+    leaves the row pending and unclaimed. Delivered once, a second delivery (a daemon whose
+    lock raced the first) finds nothing: one message, the first daemon's."""
     nid = lone_notification(db, channel="inapp")
     async with daemon_connection(clean_db) as conn:
-        await reclaimed_by_b(conn, nid)
         before = snapshot(db, nid)
-
-        stale = await conn.fetch(queries.DELIVER_INAPP, [nid], ["A"], ["from A"], [{}], "daemon-a")
-        assert stale == []
+        assert await claim(conn, "daemon-a") == []
+        assert [r["id"] for r in await conn.fetch(queries.lock_inapp(100))] == [nid]
         assert snapshot(db, nid) == before
-        assert db.execute("select count(*) from pgnotify.inbox").fetchone() == (0,)
 
-        mine = await conn.fetch(queries.DELIVER_INAPP, [nid], ["B"], ["from B"], [{}], "daemon-b")
-        assert [r["id"] for r in mine] == [nid]
-    assert db.execute("select title from pgnotify.inbox").fetchall() == [("B",)]
-    assert snapshot(db, nid)[0] == "sent"
+        assert await deliver_inapp(conn, "daemon-a", title="A") == [nid]
+        assert await deliver_inapp(conn, "daemon-b", title="B") == []
+    assert db.execute("select title from pgnotify.inbox").fetchall() == [("A",)]
+    assert snapshot(db, nid)[:3] == ("sent", 1, "daemon-a")
 
 
 async def test_a_stale_daemons_shutdown_release_leaves_the_reclaimed_row_with_its_holder(
@@ -131,3 +130,29 @@ async def test_a_stale_daemons_shutdown_release_leaves_the_reclaimed_row_with_it
     assert snapshot(db, nid) == before
     status, attempts, _, lease_until = snapshot(db, mine)[:4]
     assert (status, attempts, lease_until) == ("pending", 0, None)
+
+
+async def test_an_inapp_lock_that_never_commits_leaves_the_row_as_it_was(
+    db: Conn, clean_db: str
+) -> None:
+    """A daemon that dies holding in-app rows (its connection gone, its transaction rolled
+    back) leaves them pending, as they were; meanwhile another daemon skips them instead of
+    waiting, and delivers them once the lock is gone."""
+    nid = lone_notification(db, channel="inapp")
+    before = snapshot(db, nid)
+    async with daemon_connection(clean_db) as a, daemon_connection(clean_db) as b:
+        dying = a.transaction()
+        await dying.start()
+        assert [r["id"] for r in await a.fetch(queries.lock_inapp(100))] == [nid]
+        assert await deliver_inapp(b, "daemon-b") == []
+
+        db.execute("select pg_terminate_backend(%s)", (a.get_server_pid(),))
+        for _ in range(100):  # until the backend has exited and its locks with it
+            if await deliver_inapp(b, "daemon-b"):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the dead transaction's lock outlived its backend")
+    after = snapshot(db, nid)
+    assert before[0] == "pending" and after[:3] == ("sent", 1, "daemon-b")
+    assert db.execute("select title from pgnotify.inbox").fetchall() == [("Title",)]

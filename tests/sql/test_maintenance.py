@@ -14,7 +14,14 @@ import psycopg
 import pytest
 
 from pgnotify import queries
-from tests.factories import claim, daemon_connection, lone_notification, make_world, record
+from tests.factories import (
+    claim,
+    daemon_connection,
+    deliver_inapp,
+    lone_notification,
+    make_world,
+    record,
+)
 
 Conn = psycopg.Connection[Any]
 
@@ -132,11 +139,8 @@ async def test_purging_a_delivered_inapp_notification_keeps_the_inbox_message(
     delivered an in-app message leaves the message (and its read state) untouched."""
     nid = lone_notification(db, channel="inapp")
     async with daemon_connection(clean_db) as conn:
-        assert [r["id"] for r in await claim(conn, "daemon-a")] == [nid]
-        delivered = await conn.fetch(
-            queries.DELIVER_INAPP, [nid], ["Booked"], ["See you soon"], [{}], "daemon-a"
-        )
-        assert [r["id"] for r in delivered] == [nid]
+        delivered = await deliver_inapp(conn, "daemon-a", title="Booked", body="See you soon")
+        assert delivered == [nid]
     db.execute(
         "update pgnotify.notifications set updated_at = now() - interval '400 days' where id = %s",
         (nid,),

@@ -17,7 +17,13 @@ import psycopg
 import pytest
 
 from tests.daemon.harness import count_reaches, make_settings, running, smtp_settings
-from tests.factories import claim, daemon_connection, make_booking, make_payment, make_world
+from tests.factories import (
+    daemon_connection,
+    make_booking,
+    make_payment,
+    make_world,
+    take_due,
+)
 from tests.peers.smtp import SmtpPeer
 
 Conn = psycopg.Connection[Any]
@@ -157,7 +163,7 @@ async def test_the_claim_of_a_batch_never_fails_on_a_booking_at_the_end_of_time(
     doomed = booking_at(db, world, END_OF_TIME, duration=120)
     normal = make_booking(db, world)
     async with daemon_connection(clean_db) as conn:
-        claimed = await claim(conn, "poison-test")
+        claimed = await take_due(conn, "poison-test")
     reasons = {(r["booking_id"], r["channel"]): r["stale_reason"] for r in claimed}
     for channel in ("email", "sms", "inapp"):
         assert reasons[(normal, channel)] is None

@@ -36,40 +36,61 @@ async def explain(dsn: str, sql: str, *args: Any) -> list[dict[str, Any]]:
     return list(nodes(doc[0]["Plan"]))
 
 
-def history(db: Conn, pending: int, finished: int) -> None:
+def history(db: Conn, pending: int, finished: int, channel: str = "inapp") -> None:
     """A queue that looks lived-in: mostly finished rows, some pending, statistics fresh."""
     booking = make_booking(db, make_world(db))
     db.execute(
         "insert into pgnotify.notifications (kind, channel, booking_id, recipient, status,"
         " run_at, occurrence, sent_at)"
-        " select 'booking_confirmed', 'inapp', %s, gen_random_uuid()::text,"
+        " select 'booking_confirmed', %s, %s, gen_random_uuid()::text,"
         " case when g <= %s then 'pending' else 'sent' end, now() - interval '1 minute',"
         " 'plan:' || g, case when g > %s then now() end"
         " from generate_series(1, %s) g",
-        (booking, pending, pending, pending + finished),
+        (channel, booking, pending, pending, pending + finished),
     )
     db.execute("analyze pgnotify.notifications")
 
 
-async def test_the_claim_reads_the_partial_pending_index_not_the_table(
+def index_scans(plan: list[dict[str, Any]]) -> set[str]:
+    """The queue's indexes a plan reads; it must never read the queue table whole."""
+    assert not any(
+        n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "notifications" for n in plan
+    )
+    return {
+        n["Index Name"]
+        for n in plan
+        if n.get("Relation Name") == "notifications" and "Index Name" in n
+    }
+
+
+async def test_the_lease_claim_reads_its_partial_pending_index_not_the_table(
     db: Conn, clean_db: str
 ) -> None:
-    history(db, pending=2_000, finished=20_000)
+    history(db, pending=2_000, finished=20_000, channel="email")
     plan = await explain(clean_db, queries.CLAIM_DUE, 100, "plan-test", 60.0, [])
-    scans = [(n["Node Type"], n.get("Relation Name"), n.get("Index Name")) for n in plan]
-    assert ("Index Scan", "notifications", "notifications_pending_run_at_idx") in scans
-    assert not any(t == "Seq Scan" and rel == "notifications" for t, rel, _ in scans)
+    assert "notifications_pending_run_at_idx" in index_scans(plan)
 
 
-async def test_the_scheduler_reads_the_earliest_run_at_from_the_partial_index(
+async def test_the_inapp_lock_reads_its_own_partial_pending_index_not_the_table(
+    db: Conn, clean_db: str
+) -> None:
+    """In-app rows have an index of their own: neither claim walks past the other's
+    backlog (here 2,000 due email rows ahead of the in-app ones)."""
+    history(db, pending=2_000, finished=20_000, channel="email")
+    history(db, pending=100, finished=0, channel="inapp")
+    plan = await explain(clean_db, queries.lock_inapp(100))
+    assert index_scans(plan) == {"notifications_pending_inapp_idx"}
+
+
+async def test_the_scheduler_reads_the_earliest_run_at_from_the_partial_indexes(
     db: Conn, clean_db: str
 ) -> None:
     history(db, pending=2_000, finished=20_000)
     plan = await explain(clean_db, queries.NEXT_RUN_AT, [])
-    assert any(n.get("Index Name") == "notifications_pending_run_at_idx" for n in plan)
-    assert not any(
-        n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "notifications" for n in plan
-    )
+    assert index_scans(plan) == {
+        "notifications_pending_run_at_idx",
+        "notifications_pending_inapp_idx",
+    }
 
 
 def calls_in_one_transaction(dsn: str, statement: Callable[[Conn], object]) -> dict[str, int]:

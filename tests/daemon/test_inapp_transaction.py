@@ -1,0 +1,69 @@
+"""In-app rows are delivered in one transaction: one write per row, never `sending`.
+
+Issue 15: the in-app path paid two updates per row (the claim's lease, then `sent`). The
+fault suite's history trigger records every update of the queue, so the test sees each
+write the daemon made, not only where the rows ended.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from tests.daemon.harness import count_reaches, make_settings, running
+from tests.factories import make_booking, make_world
+from tests.faults.history import History
+
+Conn = psycopg.Connection[Any]
+
+
+def inapp_row(db: Conn, booking: UUID) -> tuple[int, str, str | None]:
+    row = db.execute(
+        "select id, status, last_error from pgnotify.notifications"
+        " where booking_id = %s and channel = 'inapp'",
+        (booking,),
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1], row[2]
+
+
+async def test_inapp_rows_are_written_once_and_a_failing_render_fails_alone(
+    db: Conn, clean_db: str, tmp_path: Path
+) -> None:
+    """Each in-app row is updated exactly once, from `pending` to where it ends, and never
+    passes through `sending`; a shop whose in-app template does not compile fails its own
+    row with the error, a customer who lost their user since the row was queued is skipped
+    with the reason, and every other row is sent with its inbox message."""
+    root = tmp_path / "templates"
+    good = [make_world(db, shop_name=f"Shop {i}", email=None, phone=None) for i in range(3)]
+    broken = make_world(db, shop_name="Broken", email=None, phone=None)
+    title = root / "shops" / str(broken.shop_id) / "en" / "booking_confirmed" / "inapp_title.txt"
+    title.parent.mkdir(parents=True)
+    title.write_text("{% if %}")
+    gone = make_world(db, shop_name="Gone", email=None, phone=None)
+    sent = [make_booking(db, world) for world in good for _ in range(4)]
+    failing = make_booking(db, broken)
+    skipped = make_booking(db, gone)
+    db.execute("update booking.customers set user_id = null where id = %s", (gone.customer_id,))
+
+    settings = make_settings(
+        clean_db, tmp_path / "outbox", NOTIFICATION_TEMPLATES_DIR=root, NOTIFICATION_BATCH_SIZE=5
+    )
+    with History.recording(clean_db) as history:
+        async with running(settings):
+            await count_reaches(
+                clean_db, len(sent) + 2, "channel = 'inapp' and status <> 'pending'"
+            )
+        ids = [inapp_row(db, b)[0] for b in sent]
+        nid, status, error = inapp_row(db, failing)
+        assert status == "failed" and "syntax error" in str(error) and str(title) in str(error)
+        sid, status, reason = inapp_row(db, skipped)
+        assert status == "skipped" and reason
+        writes = history.statuses([*ids, nid, sid])
+
+    assert writes == {**{i: ["sent"] for i in ids}, nid: ["failed"], sid: ["skipped"]}
+    inbox = db.execute("select notification_id from pgnotify.inbox").fetchall()
+    assert sorted(i for (i,) in inbox) == sorted(ids)
