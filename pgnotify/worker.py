@@ -169,7 +169,8 @@ class Worker:
             token = rt.work.token()
             try:
                 inapp = await self.inapp()
-                batch = await self.claim()
+                # A stop meanwhile claims nothing more: what is claimed must be sent.
+                batch = [] if rt.stopping.is_set() else await self.claim()
             except DB_ERRORS as exc:
                 await self._db_trouble("claim_failed", exc)
                 continue
