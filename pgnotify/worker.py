@@ -169,7 +169,7 @@ class Worker:
             token = rt.work.token()
             try:
                 inapp = await self.inapp()
-                # A stop meanwhile claims nothing more: what is claimed must be sent.
+                # Stopped meanwhile: claim nothing more (it would only be released again).
                 batch = [] if rt.stopping.is_set() else await self.claim()
             except DB_ERRORS as exc:
                 await self._db_trouble("claim_failed", exc)
