@@ -865,29 +865,26 @@ revoke execute on function pgnotify.enqueue(pgnotify.event[], text[], boolean) f
 -- SQL, inlined into its callers' cached plans (as `held_reminder`). A booking that
 -- never starts (`starts_at` infinite) has no reminders (its confirmation is skipped at
 -- send time with the reason, and its pending reminders stop when it moves there), and the
--- due time cannot overflow (`due_before`).
+-- due time cannot overflow (`due_before`). Each booking's rules are looked up by key, as
+-- `enqueue` looks up routes (the shop's row, else the default no shop row overrides): no
+-- sort or hash table to build for the one booking of a single-row INSERT.
 create function pgnotify.reminder_events(p_booking_ids uuid[])
 returns setof pgnotify.event
 language sql stable
 as $body$
-    with b as (
-        select id, shop_id, starts_at
-        from booking.bookings
-        where id = any (p_booking_ids) and status = 'confirmed' and isfinite(starts_at)
-    ),
-    rules as (
-        select distinct on (s.shop_id, r.kind) s.shop_id, r.kind, r.before_start, r.enabled
-        from (select distinct shop_id from b) s
-        join pgnotify.reminder_rules r on r.shop_id is null or r.shop_id = s.shop_id
-        order by s.shop_id, r.kind, r.shop_id nulls last
-    )
-    select b.id, null::uuid, rules.kind, pgnotify.starts_key(b.starts_at),
+    select b.id, null::uuid, r.kind, pgnotify.starts_key(b.starts_at),
            case when b.starts_at >= timestamptz '0001-01-01 00:00+00'
-                     and rules.before_start <= interval '1000 years'
-                then b.starts_at - rules.before_start
-                else pgnotify.due_before(b.starts_at, rules.before_start) end
-    from b join rules on rules.shop_id = b.shop_id
-    where rules.enabled
+                     and r.before_start <= interval '1000 years'
+                then b.starts_at - r.before_start
+                else pgnotify.due_before(b.starts_at, r.before_start) end
+    from booking.bookings b
+    join pgnotify.reminder_rules r
+      on r.enabled
+     and (r.shop_id = b.shop_id
+          or r.shop_id is null and not exists (
+              select 1 from pgnotify.reminder_rules o
+              where o.shop_id = b.shop_id and o.kind = r.kind))
+    where b.id = any (p_booking_ids) and b.status = 'confirmed' and isfinite(b.starts_at)
 $body$;
 
 create function pgnotify.on_bookings_inserted() returns trigger
