@@ -526,7 +526,7 @@ as $$
 $$;
 
 -- The one email rule, which the sender (`pgnotify/channels/mime.py`, `is_valid_address`)
--- applies too: tests/unit/test_email_rule.py feeds one corpus to both, so an address is
+-- applies too: tests/sql/test_email_rule.py feeds one corpus to both, so an address is
 -- skipped with the reason when queued rather than failing at send time. An ASCII
 -- dot-atom local part of at most 64 characters, `@`, letter-digit-hyphen labels of at
 -- most 63 characters (no leading or trailing hyphen; international domains in their xn--
