@@ -30,8 +30,9 @@ _PLAIN = re.compile(r"[!-~]+(?: [!-~]+)*")
 _BLANKS = re.compile(r"[\s\x01-\x08\x0e-\x1f\x7f-\x9f]+")
 _FORBIDDEN = re.compile(r"[\r\n\x00]")
 # The one rule for an email address, shared with SQL (`pgnotify.is_valid_email` in
-# sql/001_baseline.sql spells the same pattern and limits; tests/sql/test_email_rule.py
-# feeds both one corpus): an ASCII dot-atom local part of at most 64 characters, `@`, and a
+# sql/001_baseline.sql applies the same pattern and limits, spelled without bounded repeats
+# for Postgres' regex engine; tests/sql/test_email_rule.py feeds both one corpus and random
+# text): an ASCII dot-atom local part of at most 64 characters, `@`, and a
 # domain of letter-digit-hyphen labels of at most 63 characters (no leading or trailing
 # hyphen; international domains in their xn-- form), at most 254 characters in all. A
 # domain without a dot (`noreply@localhost`) is accepted, as SMTP accepts it. No quoted

@@ -35,6 +35,9 @@ VALID = [
     "a@" + ".".join(["b" * 63] * 3) + "." + "c" * 60,  # 254 characters in all
     "UPPER@EXAMPLE.COM",
     "a-b@c-d.e-f",
+    "a.-b@example.com",  # a hyphen next to a dot is fine in the local part
+    "a-.b@example.com",
+    "a@" + "b" * 63 + "." + "c" * 63,  # a domain over 63 characters, each label within
 ]
 INVALID = [
     "",
@@ -52,6 +55,10 @@ INVALID = [
     "a@b.c.",
     "a@-b.c",
     "a@b-.c",
+    "a@b.-c",
+    "a@b.c-",
+    "a@-",
+    "a@" + "b" * 10 + "." + "c" * 64,  # the label one over is not the first
     "a@b_c.d",
     '"quoted"@example.com',
     '"a b"@example.com',

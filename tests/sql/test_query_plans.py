@@ -120,7 +120,7 @@ def test_a_one_booking_insert_runs_its_helpers_inlined(
     calls = calls_in_one_transaction(clean_db, lambda c: make_booking(c, world))
     assert calls["on_bookings_inserted"] == 1
     assert calls["enqueue"] == 1
-    helpers = {"time_key", "version_key", "starts_key", "reminder_events", "quiet_hours_slots"}
+    helpers = {"time_key", "version_key", "starts_key", "reminder_events", "held_reminder"}
     assert not helpers & calls.keys()
     # It did queue what those helpers compute.
     assert {"booking_confirmed", "reminder_24h", "reminder_2h"} <= queued_kinds(db)
