@@ -1,7 +1,8 @@
-"""In-app rows are delivered in one transaction: one write per row, never `sending`.
+"""In-app delivery through a real daemon: one write per row, in one transaction, never
+`sending` (issue 15); and a message is stored whatever a template rendered, so one row's
+text never fails the inbox write of its batch.
 
-Issue 15: the in-app path paid two updates per row (the claim's lease, then `sent`). The
-fault suite's history trigger records every update of the queue, so the test sees each
+The fault suite's history trigger records every update of the queue, so a test sees each
 write the daemon made, not only where the rows ended.
 """
 
@@ -28,6 +29,30 @@ def inapp_row(db: Conn, booking: UUID) -> tuple[int, str, str | None]:
     ).fetchone()
     assert row is not None
     return row[0], row[1], row[2]
+
+
+async def test_a_nul_byte_from_a_template_never_stops_the_inbox_write(
+    db: Conn, clean_db: str, tmp_path: Path
+) -> None:
+    """A shop's in-app template that renders a NUL byte (which Postgres text cannot hold)
+    gets its message stored with a replacement character; it fails no other row's write."""
+    root = tmp_path / "templates"
+    odd = make_world(db, shop_name="Odd", email=None, phone=None)
+    body = root / "shops" / str(odd.shop_id) / "en" / "booking_confirmed" / "inapp_body.txt"
+    body.parent.mkdir(parents=True)
+    body.write_text('before{{ "\\x00" }}after')
+    others = [make_world(db, shop_name=f"Shop {i}", email=None, phone=None) for i in range(2)]
+    bookings = [make_booking(db, odd), *(make_booking(db, w) for w in others)]
+
+    settings = make_settings(clean_db, tmp_path / "outbox", NOTIFICATION_TEMPLATES_DIR=root)
+    async with running(settings):
+        await count_reaches(clean_db, 3, "channel = 'inapp' and status = 'sent'")
+    assert [inapp_row(db, b)[1] for b in bookings] == ["sent"] * 3
+    stored = db.execute(
+        "select body from pgnotify.inbox where notification_id = %s",
+        (inapp_row(db, bookings[0])[0],),
+    ).fetchone()
+    assert stored == ("before\ufffdafter",)
 
 
 async def test_inapp_rows_are_written_once_and_a_failing_render_fails_alone(
