@@ -38,6 +38,13 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
 """What the daemon's loops catch as "the database is away": they back off and go on."""
 
 
+def is_row_error(exc: BaseException) -> bool:
+    """Did a statement fail on the data of some row (SQLSTATE classes 22 and 23: a value
+    out of range, a unique key)? Running it again over the same rows fails again, unlike a
+    lost connection or a server in trouble, which the same statement survives later."""
+    return isinstance(exc, asyncpg.PostgresError) and str(exc.sqlstate or "")[:2] in ("22", "23")
+
+
 DB_CONFIGURATION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InvalidPasswordError,
     asyncpg.InvalidAuthorizationSpecificationError,  # no such role, NOLOGIN, pg_hba

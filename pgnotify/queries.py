@@ -11,7 +11,7 @@ Time is always the database's ``now()``: daemons on other hosts may have skewed 
 from __future__ import annotations
 
 # -- claim_due, lock_inapp --
-# Two claims share one statement. A row sent over a network (email, SMS) is claimed under
+# Two claims share one statement's text. A row sent over a network (email, SMS) is claimed under
 # a lease (CLAIM_DUE: `sending`, then sent and recorded apart); an in-app row is only
 # locked (lock_inapp), inside a transaction in which the worker composes it and writes its
 # outcome with its inbox message (FINISH_INAPP): one write, never `sending`. Each takes
@@ -139,13 +139,14 @@ _LOCK_INAPP = _claim(
 
 
 def lock_inapp(batch_size: int) -> str:
-    """LOCK_INAPP for batches of ``batch_size``, written into the statement.
+    """The in-app lock for batches of ``batch_size``, a number written into the statement.
 
-    The daemon's batch size is fixed for its life, and a statement without parameters is
-    planned once per connection and its plan reused (ANALYZE invalidates it), where one
-    with parameters is planned at every run (``plan_cache_mode = force_custom_plan``,
-    db.py): about a tenth of this claim's cost in Postgres. The plan is the one a custom
-    plan would be: every value is known.
+    The daemon's batch size is fixed for its life, and a prepared statement without
+    parameters is planned once per connection and its plan reused (ANALYZE invalidates
+    it), where one with parameters is planned at every run (``plan_cache_mode =
+    force_custom_plan``, db.py): about a tenth of this claim's cost in Postgres. The plan
+    is the one a custom plan would be, every value being known. Behind PgBouncer there is
+    no statement cache (``DATABASE_PGBOUNCER``), so every run is planned anyway.
     """
     return _LOCK_INAPP.replace("/*limit*/", str(int(batch_size)))
 
@@ -186,8 +187,9 @@ limit $1
 # tried), the customer and recipient are those the lock read ($8, $9), and `claimed_by`
 # names this daemon ($11), the one that took the row. Then NOTIFY pgnotify_inbox once per
 # user, so the application can push the messages live. The caller's transaction holds the
-# rows' locks, so nothing else can have written them since; an inbox message already
-# there for a row (the unique key) fails the statement, and with it the transaction.
+# rows' locks; a row no longer pending is left alone all the same. An inbox message
+# already there for a row (the unique key) fails the statement. Times are the
+# statement's, not the transaction's: templates rendered since it began.
 #
 # The two UPDATEs touch different rows, each joined to one set only: a join between the
 # CTEs, whose sizes the planner cannot know, would be planned as a nested loop over both.
@@ -199,29 +201,32 @@ with u as (
          as u (id, status, delay, last_error, title, body, data, customer_id, recipient,
                release)
 ), inserted as (
-    insert into pgnotify.inbox (customer_id, user_id, notification_id, kind, title, body, data)
-    select u.customer_id, u.recipient::uuid, n.id, n.kind, u.title, u.body, u.data
-    from u join pgnotify.notifications n on n.id = u.id
+    insert into pgnotify.inbox (customer_id, user_id, notification_id, kind, title, body, data,
+                                created_at)
+    select u.customer_id, u.recipient::uuid, n.id, n.kind, u.title, u.body, u.data,
+           statement_timestamp()
+    from u join pgnotify.notifications n on n.id = u.id and n.status = 'pending'
     where u.status = 'sent'
     returning id, notification_id, customer_id, user_id
 ), sent as (
     update pgnotify.notifications n
        set status = 'sent', attempts = n.attempts + 1, last_error = null,
-           provider_id = 'inbox:' || i.id, sent_at = now(), customer_id = i.customer_id,
-           recipient = i.user_id::text, claimed_by = $11, updated_at = now()
+           provider_id = 'inbox:' || i.id, sent_at = statement_timestamp(),
+           customer_id = i.customer_id, recipient = i.user_id::text, claimed_by = $11,
+           updated_at = statement_timestamp()
       from inserted i
-     where n.id = i.notification_id
+     where n.id = i.notification_id and n.status = 'pending'
     returning n.id
 ), unsent as (
     update pgnotify.notifications n
        set status = u.status,
            run_at = case when u.delay is null then n.run_at
-                         else now() + make_interval(secs => u.delay) end,
+                         else statement_timestamp() + make_interval(secs => u.delay) end,
            attempts = case when u.release then n.attempts else n.attempts + 1 end,
            last_error = u.last_error, customer_id = u.customer_id, recipient = u.recipient,
-           claimed_by = $11, updated_at = now()
+           claimed_by = $11, updated_at = statement_timestamp()
       from u
-     where n.id = u.id and u.status <> 'sent'
+     where n.id = u.id and u.status <> 'sent' and n.status = 'pending'
     returning n.id
 ), woken as (
     select count(pg_notify('pgnotify_inbox', user_id::text)) as n

@@ -2,16 +2,16 @@
 record the outcomes; repeat.
 
 Each step is one round trip for the whole batch and returns its values. In-app rows are a
-database write: ``inapp`` locks them, composes them and writes their outcomes with their
-inbox messages (``pgnotify.inbox``), in one transaction. The others leave the process, so
+database write: ``deliver_inapp`` locks them, composes them and writes their outcomes with
+their inbox messages (``pgnotify.inbox``), in one transaction. The others leave the process, so
 they are claimed under a lease: ``claim`` the claimed rows, ``Composer.acompose_batch`` a
 message (or the error it ended with) per row, ``deliver`` the sends in flight,
 ``Delivery.settle`` what finished, ``observe_pauses`` each row's channel pause,
 ``decide_outcomes`` each row's next state (pure), ``record`` what landed. A worker that
 finds nothing waits for the scheduler's doorbell. Database errors never kill a worker: it
-backs off and goes on, and outcomes it could not record are retried until they land (or
-the daemon stops and the lease gives the rows back), because a sent message whose outcome
-is lost would be sent again.
+backs off and goes on, and the outcomes of leased rows it could not record are retried
+until they land (or the daemon stops and the lease gives the rows back), because a sent
+message whose outcome is lost would be sent again.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from asyncpg.pool import PoolConnectionProxy
 from pgnotify import queries
 from pgnotify.catalog import INAPP
 from pgnotify.channels.base import Channel, InappMessage, Message, Receipt
-from pgnotify.db import DB_ERRORS
+from pgnotify.db import DB_ERRORS, is_row_error
 from pgnotify.errors import ConfigurationError, DeliveryError, PermanentError, TransientError
 from pgnotify.inbox import finish_inapp
 from pgnotify.logs import get_logger
@@ -154,6 +154,10 @@ def decide_outcomes(
     ]
 
 
+class _LockDataError(Exception):
+    """The in-app lock failed on some row's data; its transaction rolled back."""
+
+
 class Worker:
     def __init__(self, rt: Runtime, index: int) -> None:
         self.rt = rt
@@ -163,15 +167,26 @@ class Worker:
         self.lock_inapp = queries.lock_inapp(rt.settings.NOTIFICATION_BATCH_SIZE)
 
     async def run(self) -> None:
-        """Loop until the daemon stops; the current batch always finishes."""
+        """Loop until the daemon stops; the current batch always finishes.
+
+        A claim that found nothing is not asked again until the doorbell rings (new rows,
+        a due time, a resumed channel, or the poll): a burst of one kind of row does not
+        pay an empty claim of the other kind on every batch.
+        """
         rt = self.rt
+        inapp_idle: asyncio.Event | None = None  # the ring at which each claim found nothing
+        leased_idle: asyncio.Event | None = None
         while not rt.stopping.is_set():
             token = rt.work.token()
             try:
-                inapp = await self.inapp()
+                taken = 0 if inapp_idle is token else await self.deliver_inapp()
+                inapp_idle = None if taken else token
                 # Stopped meanwhile: claim nothing more (it would only be released again).
-                batch = [] if rt.stopping.is_set() else await self.claim()
+                skip = leased_idle is token or rt.stopping.is_set()
+                batch = [] if skip else await self.claim()
+                leased_idle = None if batch else token
             except DB_ERRORS as exc:
+                inapp_idle = leased_idle = None
                 await self._db_trouble("claim_failed", exc)
                 continue
             if batch:
@@ -180,7 +195,7 @@ class Worker:
                     await self.process(batch)
                 finally:
                     rt.stats.in_flight -= len(batch)
-            elif not inapp:
+            elif not taken:
                 await Doorbell.wait(token, rt.settings.NOTIFICATION_POLL_INTERVAL)
 
     async def _db_trouble(self, event: str, exc: BaseException) -> None:
@@ -199,69 +214,104 @@ class Worker:
         rt.stats.last_claim_at = time.time()
         batch = to_claimed(rows)
         if batch:
+            # The scheduler polls faster while workers find work (wake-ups off).
+            rt.stats.last_work_at = rt.stats.last_claim_at
             self.log.debug("claimed", count=len(batch), ids=[n.id for n in batch])
         return batch
 
-    async def inapp(self) -> int:
+    async def deliver_inapp(self) -> int:
         """Deliver a batch of due in-app rows in one transaction; returns how many it took.
 
-        A row whose data fails the lock fails alone: see ``claim``.
+        A row whose data fails the lock fails alone, as in ``claim``.
         """
         if INAPP in self.rt.pauses.paused():
             return 0
         try:
-            return await self._inapp(one_by_one=False)
-        except asyncpg.DataError as exc:  # from the lock: _inapp handles those after it
+            return await self._deliver_inapp(one_by_one=False)
+        except _LockDataError as exc:
             self.log.warning("claim_data_error", error=describe_error(exc), note="one by one")
-        return await self._inapp(one_by_one=True)
+        return await self._deliver_inapp(one_by_one=True)
 
-    async def _inapp(self, *, one_by_one: bool) -> int:
+    async def _deliver_inapp(self, *, one_by_one: bool) -> int:
         """Lock, compose and write in-app rows, each once with its inbox message, before
         the transaction commits: only they are held while a shop's template renders.
 
-        Should the write fail, the transaction rolls back and those rows still pending are
-        written as a failed attempt in another, so that a row which always fails the write
-        runs out of retries instead of coming back forever.
+        Any failure before the commit leaves the rows pending as they were, attempts
+        uncounted (a lost connection, a server in trouble: the worker backs off and takes
+        them again). Only a write that fails on some row's data is retried here, row by
+        row, so that row alone gets a failed attempt and runs out of retries.
         """
         rt = self.rt
         started = time.perf_counter()
-        batch: list[ClaimedNotification] = []
         outcomes: list[Outcome] = []
-        try:
-            async with rt.pool.acquire() as conn, conn.transaction():
-                if one_by_one:
-                    rows = await self._one_by_one(
-                        conn, queries.DUE_INAPP_IDS, queries.LOCK_INAPP_ONE
-                    )
-                else:
-                    rows = await conn.fetch(self.lock_inapp)
-                batch = self._claimed(rows)
-                if not batch:
-                    return 0
-                results, messages = inapp_results(batch, await rt.composer.acompose_batch(batch))
-                pauses = self.observe_pauses(batch, results)
-                outcomes = decide_outcomes(batch, results, pauses, rt.settings)
-                written = await finish_inapp(conn, rt.daemon_id, batch, outcomes, messages)
-        except DB_ERRORS as exc:
-            if not outcomes:
-                raise  # nothing was written: the rows are pending as they were
-            outcomes, written = await self._inbox_failed(batch, exc)
+        messages: dict[int, InappMessage] = {}
+        async with rt.pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    batch = self._claimed(await self._lock_inapp(conn, one_by_one))
+                    if not batch:
+                        return 0
+                    rt.stats.in_flight += len(batch)
+                    try:
+                        composed = await rt.composer.acompose_batch(batch)
+                        results, messages = inapp_results(batch, composed)
+                        pauses = self.observe_pauses(batch, results)
+                        outcomes = decide_outcomes(batch, results, pauses, rt.settings)
+                        written = await finish_inapp(conn, rt.daemon_id, batch, outcomes, messages)
+                    finally:
+                        rt.stats.in_flight -= len(batch)
+            except asyncpg.PostgresError as exc:
+                if not (outcomes and is_row_error(exc)):
+                    raise
+                outcomes, written = await self._finish_one_by_one(batch, outcomes, messages, exc)
         self._log_outcomes(batch, outcomes, written, started)
         return len(batch)
 
-    async def _inbox_failed(
-        self, batch: Sequence[ClaimedNotification], exc: BaseException
+    async def _lock_inapp(self, conn: Conn, one_by_one: bool) -> list[asyncpg.Record]:
+        if one_by_one:
+            return await self._one_by_one(
+                conn, queries.DUE_INAPP_IDS, (), queries.LOCK_INAPP_ONE, ()
+            )
+        try:
+            return await conn.fetch(self.lock_inapp)
+        except asyncpg.DataError as exc:
+            raise _LockDataError(describe_error(exc)) from exc
+
+    async def _finish_one_by_one(
+        self,
+        batch: Sequence[ClaimedNotification],
+        outcomes: Sequence[Outcome],
+        messages: Mapping[int, InappMessage],
+        exc: BaseException,
     ) -> tuple[list[Outcome], set[int]]:
-        """Write a failed attempt for the rows whose outcomes could not be written (those
-        still pending: the commit may have landed after all, or another daemon taken them)."""
+        """Write the batch again row by row, each in a savepoint, after its one write failed
+        on some row's data (and rolled back); the row whose write fails again gets a failed
+        attempt with the error instead. Only the rows still pending are written: another
+        daemon may have taken the others meanwhile."""
         rt = self.rt
-        ids = [n.id for n in batch]
-        error = TransientError(f"inbox write failed: {describe_error(exc)}")
-        outcomes = decide_outcomes(batch, dict.fromkeys(ids, error), {}, rt.settings)
+        self.log.warning("inbox_write_failed", error=describe_error(exc), note="one by one")
+        by_id = {o.id: o for o in outcomes}
+        final: list[Outcome] = []
+        written: set[int] = set()
         async with rt.pool.acquire() as conn, conn.transaction():
-            mine = {r["id"] for r in await conn.fetch(queries.LOCK_PENDING, ids)}
-            outcomes = [o for o in outcomes if o.id in mine]
-            return outcomes, await finish_inapp(conn, rt.daemon_id, batch, outcomes, {})
+            mine = {r["id"] for r in await conn.fetch(queries.LOCK_PENDING, list(by_id))}
+            for n in batch:
+                if n.id not in mine:
+                    continue
+                outcome = by_id[n.id]
+                try:
+                    async with conn.transaction():
+                        written |= await finish_inapp(
+                            conn, rt.daemon_id, batch, [outcome], messages
+                        )
+                except asyncpg.PostgresError as row_exc:
+                    if not is_row_error(row_exc):
+                        raise
+                    error = TransientError(f"inbox write failed: {describe_error(row_exc)}")
+                    (outcome,) = decide_outcomes([n], {n.id: error}, {}, rt.settings)
+                    written |= await finish_inapp(conn, rt.daemon_id, batch, [outcome], {})
+                final.append(outcome)
+        return final, written
 
     async def claim(self) -> list[ClaimedNotification]:
         """Claim a batch of due rows to send under a lease; a row whose data fails the
@@ -274,29 +324,38 @@ class Worker:
         """
         rt = self.rt
         s = rt.settings
-        lease = (rt.daemon_id, s.NOTIFICATION_LEASE_SECONDS, rt.pauses.paused())
+        paused = rt.pauses.paused()
+        lease = (rt.daemon_id, s.NOTIFICATION_LEASE_SECONDS, paused)
         try:
             rows = await rt.pool.fetch(queries.CLAIM_DUE, s.NOTIFICATION_BATCH_SIZE, *lease)
         except asyncpg.DataError as exc:
             self.log.warning("claim_data_error", error=describe_error(exc), note="one by one")
             async with rt.pool.acquire() as conn, conn.transaction():
-                rows = await self._one_by_one(conn, queries.DUE_IDS, queries.CLAIM_ONE, lease)
+                rows = await self._one_by_one(
+                    conn, queries.DUE_IDS, (paused,), queries.CLAIM_ONE, lease
+                )
         return self._claimed(rows)
 
     async def _one_by_one(
-        self, conn: Conn, due_ids: str, take_one: str, lease: tuple[Any, ...] = ()
+        self,
+        conn: Conn,
+        due_ids: str,
+        due_args: tuple[Any, ...],
+        take_one: str,
+        take_args: tuple[Any, ...],
     ) -> list[asyncpg.Record]:
-        """Take the due rows one at a time, each in a savepoint of the caller's
-        transaction; fail each one whose claim is a data error."""
+        """Take the due rows (``due_ids``) one at a time (``take_one``), each in a savepoint
+        of the caller's transaction; fail each one whose claim is a data error, at once and
+        on its own (the caller's transaction may yet roll back)."""
         rows: list[asyncpg.Record] = []
-        paused = lease[2:]  # the lease's last part: the paused channels DUE_IDS leaves out
-        for (nid,) in await conn.fetch(due_ids, self.rt.settings.NOTIFICATION_BATCH_SIZE, *paused):
+        size = self.rt.settings.NOTIFICATION_BATCH_SIZE
+        for (nid,) in await conn.fetch(due_ids, size, *due_args):
             try:
                 async with conn.transaction():
-                    rows += await conn.fetch(take_one, nid, *lease)
+                    rows += await conn.fetch(take_one, nid, *take_args)
             except asyncpg.DataError as exc:
                 error = describe_error(exc)
-                if await conn.fetch(queries.FAIL_UNCLAIMABLE, nid, error):
+                if await self.rt.pool.fetch(queries.FAIL_UNCLAIMABLE, nid, error):
                     self.rt.stats.failed += 1
                     self.log.error("failed", id=nid, error=f"cannot be claimed: {error}")
         return rows

@@ -13,6 +13,11 @@ import psycopg
 import pytest
 import trustme
 
+from pgnotify.compose import Composer
+from pgnotify.db import create_pool
+from pgnotify.runtime import Runtime, Shared
+from pgnotify.templates import TemplateRenderer
+from pgnotify.worker import Worker
 from tests.daemon.harness import (
     count,
     count_reaches,
@@ -89,6 +94,34 @@ async def test_with_wakeups_off_a_booking_is_delivered_by_polling_without_any_no
         db.execute("update pgnotify.settings set wakeup_notify = true")
         make_booking(db, world)
         assert (await next_notify(listener, WOKEN_WITHIN)).payload == "wake"
+
+
+async def test_workers_tell_the_scheduler_when_they_find_work(
+    db: Conn, clean_db: str, tmp_path: Path
+) -> None:
+    """With wake-ups off the scheduler polls every 50 ms while the workers find work
+    (``stats.last_work_at``) and backs off while they find none, so each way of taking rows
+    must report what it took: the in-app lock and the lease claim, and neither when it found
+    nothing (a poll that never quickens left rows waiting up to the backed-off poll)."""
+    world = make_world(db)
+    settings = make_settings(clean_db, tmp_path)
+    pool = await create_pool(settings)
+    composer = Composer(settings, TemplateRenderer.from_settings(settings))
+    rt = Runtime(settings, "work-test", pool, composer, {}, Shared())
+    worker = Worker(rt, 0)
+    try:
+        assert await worker.deliver_inapp() == 0 and await worker.claim() == []
+        assert rt.stats.last_work_at is None
+
+        make_booking(db, world)
+        assert await worker.deliver_inapp() == 1
+        after_inapp = rt.stats.last_work_at
+        assert after_inapp is not None
+        assert [n.channel for n in await worker.claim()] == ["email", "sms"]
+        assert rt.stats.last_work_at is not None and rt.stats.last_work_at >= after_inapp
+    finally:
+        await pool.close()
+        composer.close()
 
 
 async def test_a_row_scheduled_ahead_fires_at_its_run_at_not_at_the_next_poll(

@@ -14,7 +14,7 @@ from uuid import UUID
 
 import psycopg
 
-from tests.daemon.harness import count_reaches, make_settings, running
+from tests.daemon.harness import count_reaches, make_settings, running, wait_until
 from tests.factories import make_booking, make_world
 from tests.faults.history import History
 
@@ -92,3 +92,68 @@ async def test_inapp_rows_are_written_once_and_a_failing_render_fails_alone(
     assert writes == {**{i: ["sent"] for i in ids}, nid: ["failed"], sid: ["skipped"]}
     inbox = db.execute("select notification_id from pgnotify.inbox").fetchall()
     assert sorted(i for (i,) in inbox) == sorted(ids)
+
+
+async def test_an_inbox_write_that_fails_on_one_rows_data_fails_that_row_alone(
+    db: Conn, clean_db: str, tmp_path: Path
+) -> None:
+    """The batch's one write fails on one row (here a message already in the inbox for it:
+    the unique key); the batch is written again row by row, that row gets a failed attempt
+    with the error and a retry, and every other row is sent."""
+    worlds = [make_world(db, shop_name=f"Shop {i}", email=None, phone=None) for i in range(3)]
+    bookings = [make_booking(db, w) for w in worlds]
+    guilty, _, _ = inapp_row(db, bookings[0])
+    db.execute(
+        "insert into pgnotify.inbox (user_id, notification_id, kind, title, body)"
+        " values (gen_random_uuid(), %s, 'booking_confirmed', 'there', 'already')",
+        (guilty,),
+    )
+
+    async with running(make_settings(clean_db, tmp_path / "outbox")):
+        await count_reaches(clean_db, 2, "channel = 'inapp' and status = 'sent'")
+        await count_reaches(
+            clean_db, 1, "channel = 'inapp' and attempts = 1 and status = 'pending'"
+        )
+
+    nid, status, error = inapp_row(db, bookings[0])
+    assert (nid, status) == (guilty, "pending")
+    assert error is not None and "inbox write failed" in error and "duplicate key" in error
+    assert [inapp_row(db, b)[1] for b in bookings[1:]] == ["sent", "sent"]
+
+
+async def test_a_connection_lost_while_a_batch_renders_costs_no_attempt(
+    db: Conn, clean_db: str, tmp_path: Path
+) -> None:
+    """The connection of a batch that is rendering a slow shop template is terminated: its
+    transaction never commits, so its rows are pending as they were, and the daemon takes
+    them again and delivers them, each on its first counted attempt."""
+    root = tmp_path / "templates"
+    slow = make_world(db, shop_name="Slow", email=None, phone=None)
+    body = root / "shops" / str(slow.shop_id) / "en" / "booking_confirmed" / "inapp_body.txt"
+    body.parent.mkdir(parents=True)
+    body.write_text(
+        "{% for i in range(30000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}x"
+    )
+    bookings = [make_booking(db, slow), make_booking(db, make_world(db, email=None, phone=None))]
+    settings = make_settings(
+        clean_db,
+        tmp_path / "outbox",
+        NOTIFICATION_TEMPLATES_DIR=root,
+        NOTIFICATION_RENDER_TIMEOUT=30,
+        NOTIFICATION_WORKERS=1,
+    )
+    rendering = (
+        "select pid from pg_stat_activity"
+        " where application_name = 'pgnotify' and state = 'idle in transaction'"
+    )
+    async with running(settings):
+        pids = await wait_until(lambda: db.execute(rendering).fetchall(), timeout=20)
+        for (pid,) in pids:
+            db.execute("select pg_terminate_backend(%s)", (pid,))
+        await count_reaches(clean_db, 2, "channel = 'inapp' and status = 'sent'", timeout=60)
+
+    rows = db.execute(
+        "select attempts, last_error from pgnotify.notifications where channel = 'inapp'"
+    ).fetchall()
+    assert rows == [(1, None), (1, None)]
+    assert len(db.execute("select 1 from pgnotify.inbox").fetchall()) == len(bookings)

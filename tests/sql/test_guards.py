@@ -17,6 +17,10 @@ import psycopg
 import pytest
 
 from pgnotify import queries
+from pgnotify.channels.base import InappMessage
+from pgnotify.inbox import finish_inapp
+from pgnotify.outcome import Outcome
+from pgnotify.worker import to_claimed
 from tests.factories import claim, daemon_connection, deliver_inapp, lone_notification, record
 
 Conn = psycopg.Connection[Any]
@@ -98,18 +102,27 @@ async def test_an_inapp_row_is_never_leased_and_a_late_finish_writes_nothing(
 ) -> None:
     """The lease claim never takes an in-app row, and the in-app lock committed on its own
     leaves the row pending and unclaimed. Delivered once, a second delivery (a daemon whose
-    lock raced the first) finds nothing: one message, the first daemon's."""
+    lock raced the first) finds nothing, and a late finish of the row as another daemon had
+    read it writes nothing: one message, the first daemon's, and the row stays sent."""
     nid = lone_notification(db, channel="inapp")
     async with daemon_connection(clean_db) as conn:
         before = snapshot(db, nid)
         assert await claim(conn, "daemon-a") == []
-        assert [r["id"] for r in await conn.fetch(queries.lock_inapp(100))] == [nid]
+        read_by_b = to_claimed(await conn.fetch(queries.lock_inapp(100)))
+        assert [n.id for n in read_by_b] == [nid]
         assert snapshot(db, nid) == before
 
         assert await deliver_inapp(conn, "daemon-a", title="A") == [nid]
         assert await deliver_inapp(conn, "daemon-b", title="B") == []
+        sent = snapshot(db, nid)
+        late = [Outcome(nid, "failed", last_error="late")]
+        assert await finish_inapp(conn, "daemon-b", read_by_b, late, {}) == set()
+        sent_to_b = [Outcome(nid, "sent")]
+        message = {nid: InappMessage(nid, "B", "late")}
+        assert await finish_inapp(conn, "daemon-b", read_by_b, sent_to_b, message) == set()
     assert db.execute("select title from pgnotify.inbox").fetchall() == [("A",)]
-    assert snapshot(db, nid)[:3] == ("sent", 1, "daemon-a")
+    assert snapshot(db, nid) == sent
+    assert sent[:3] == ("sent", 1, "daemon-a")
 
 
 async def test_a_stale_daemons_shutdown_release_leaves_the_reclaimed_row_with_its_holder(

@@ -219,19 +219,21 @@ async def test_rows_that_cannot_be_shown_are_skipped_and_every_other_row_is_sent
     assert len(smtp_server.messages) == 2
 
 
+@pytest.mark.parametrize("channel", ["email", "inapp"])
 async def test_a_row_that_fails_the_claim_fails_alone_with_the_error(
-    db: Conn, clean_db: str, tmp_path: Path, smtp_server: SmtpPeer
+    db: Conn, clean_db: str, tmp_path: Path, smtp_server: SmtpPeer, channel: str
 ) -> None:
-    """The claim computes nothing one row can overflow, but should a data error escape it
-    anyway the worker claims row by row and fails the guilty one. Provoked here with an
-    attempt counter at the integer limit (the claim counts the attempt): that row, first
-    in order, becomes a dead letter with the error; the rows after it are all sent."""
+    """The claims compute nothing one row can overflow, but should a data error escape
+    one anyway the worker takes the rows one by one and fails the guilty one. Provoked
+    here with an attempt counter at the integer limit (the claim, and the in-app lock,
+    count the attempt): that row, first in order, becomes a dead letter with the error;
+    the rows after it are all sent."""
     world = make_world(db)
     poisoned = make_booking(db, world, status="pending")
     db.execute(
-        "select pgnotify.notify_booking(%s, 'booking_confirmed', array['email'],"
+        "select pgnotify.notify_booking(%s, 'booking_confirmed', array[%s],"
         " now() - interval '1 hour')",
-        (poisoned,),
+        (poisoned, channel),
     )
     db.execute("update pgnotify.notifications set attempts = 2147483647")
     others = [make_booking(db, make_world(db)) for _ in range(4)]
