@@ -38,11 +38,16 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
 """What the daemon's loops catch as "the database is away": they back off and go on."""
 
 
-def is_row_error(exc: BaseException) -> bool:
-    """Did a statement fail on the data of some row (SQLSTATE classes 22 and 23: a value
-    out of range, a unique key)? Running it again over the same rows fails again, unlike a
-    lost connection or a server in trouble, which the same statement survives later."""
-    return isinstance(exc, asyncpg.PostgresError) and str(exc.sqlstate or "")[:2] in ("22", "23")
+def is_database_away(exc: BaseException) -> bool:
+    """Is the database away or in trouble (the connection lost or timed out, the server
+    shutting down or out of resources, a serialization failure, an idle transaction cut
+    off), rather than a statement failing on what it was given (a value out of range, a
+    unique key, an application's trigger)? The same statement succeeds later after the
+    first kind; after the second it fails again over the same rows."""
+    if not isinstance(exc, asyncpg.PostgresError):
+        return True  # asyncpg's InterfaceError, OSError, TimeoutError: no statement ran
+    state = str(exc.sqlstate or "")
+    return state[:2] in ("08", "40", "53", "57", "58") or state == "25P03"
 
 
 DB_CONFIGURATION_ERRORS: tuple[type[BaseException], ...] = (

@@ -5,7 +5,7 @@ conditional on the row still being ``sending`` and claimed by this daemon
 (``claimed_by = $daemon``), so a late worker can never overwrite a row that another daemon
 re-claimed after a lease expiry; an in-app row is written only by the transaction that
 holds its lock.
-Time is always the database's ``now()``: daemons on other hosts may have skewed clocks.
+Time is always the database's clock: daemons on other hosts may have skewed clocks.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from __future__ import annotations
 # send_problem only compare), so no row can make it fail for the others. Should a data
 # error (SQLSTATE class 22) escape anyway, the worker claims the rows one at a time
 # (CLAIM_ONE, LOCK_INAPP_ONE: the same statement over one row) and fails the guilty one
-# (FAIL_UNCLAIMABLE).
+# (FAIL_ROW).
 _CHECKED = """
 with due as (
     select id, kind, channel, booking_id, payment_id, occurrence, attempts, run_at,
@@ -247,13 +247,13 @@ where id = any ($1::bigint[]) and status = 'pending'
 for update skip locked
 """
 
-# -- fail_unclaimable --
-# Row $1 made the claim fail with the data error $2: it becomes a dead letter, so that it
-# stops failing claims; other rows are unaffected. Conditional: only while still pending.
-FAIL_UNCLAIMABLE = """
+# -- fail_row --
+# Row $1 cannot go on ($2 says why: it made the claim fail with a data error, or its
+# in-app write failed even as a failed attempt): it becomes a dead letter, so that it
+# stops failing the others' claims and writes. Conditional: only while still pending.
+FAIL_ROW = """
 update pgnotify.notifications
-   set status = 'failed', lease_until = null, updated_at = now(),
-       last_error = 'cannot be claimed: ' || $2::text
+   set status = 'failed', lease_until = null, updated_at = now(), last_error = $2::text
  where id = $1 and status = 'pending'
 returning id
 """

@@ -29,7 +29,7 @@ from asyncpg.pool import PoolConnectionProxy
 from pgnotify import queries
 from pgnotify.catalog import INAPP
 from pgnotify.channels.base import Channel, InappMessage, Message, Receipt
-from pgnotify.db import DB_ERRORS, is_row_error
+from pgnotify.db import DB_ERRORS, is_database_away
 from pgnotify.errors import ConfigurationError, DeliveryError, PermanentError, TransientError
 from pgnotify.inbox import finish_inapp
 from pgnotify.logs import get_logger
@@ -171,32 +171,41 @@ class Worker:
 
         A claim that found nothing is not asked again until the doorbell rings (new rows,
         a due time, a resumed channel, or the poll): a burst of one kind of row does not
-        pay an empty claim of the other kind on every batch.
+        pay an empty claim of the other kind on every batch. The in-app rows and the others
+        fail apart: trouble with one never keeps the other from being claimed.
         """
         rt = self.rt
         inapp_idle: asyncio.Event | None = None  # the ring at which each claim found nothing
         leased_idle: asyncio.Event | None = None
         while not rt.stopping.is_set():
             token = rt.work.token()
-            try:
-                taken = 0 if inapp_idle is token else await self.deliver_inapp()
-                inapp_idle = None if taken else token
-                # Stopped meanwhile: claim nothing more (it would only be released again).
-                skip = leased_idle is token or rt.stopping.is_set()
-                batch = [] if skip else await self.claim()
-                leased_idle = None if batch else token
-            except DB_ERRORS as exc:
-                inapp_idle = leased_idle = None
-                await self._db_trouble("claim_failed", exc)
-                continue
+            taken = 0
+            if inapp_idle is not token:
+                try:
+                    taken = await self.deliver_inapp()
+                except DB_ERRORS as exc:
+                    await self._db_trouble("inapp_failed", exc)
+            inapp_idle = None if taken else token
+            batch: list[ClaimedNotification] = []
+            # Stopped meanwhile: claim nothing more (it would only be released again).
+            if leased_idle is not token and not rt.stopping.is_set():
+                try:
+                    batch = await self.claim()
+                except DB_ERRORS as exc:
+                    leased_idle = None
+                    await self._db_trouble("claim_failed", exc)
+                    continue
+            leased_idle = None if batch else token
             if batch:
                 rt.stats.in_flight += len(batch)
                 try:
                     await self.process(batch)
                 finally:
                     rt.stats.in_flight -= len(batch)
-            elif not taken:
-                await Doorbell.wait(token, rt.settings.NOTIFICATION_POLL_INTERVAL)
+            elif not taken and not await Doorbell.wait(
+                token, rt.settings.NOTIFICATION_POLL_INTERVAL
+            ):
+                inapp_idle = leased_idle = None  # the worker's own poll: look at both again
 
     async def _db_trouble(self, event: str, exc: BaseException) -> None:
         self.rt.db_failed()
@@ -207,10 +216,13 @@ class Worker:
             async with asyncio.timeout(delay):
                 await self.rt.stopping.wait()
 
+    def _db_fine(self) -> None:
+        """A claim or an in-app transaction went through: the database answers."""
+        self.rt.db_ok()
+        self._db_failures = 0
+
     def _claimed(self, rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
         rt = self.rt
-        rt.db_ok()
-        self._db_failures = 0
         rt.stats.last_claim_at = time.time()
         batch = to_claimed(rows)
         if batch:
@@ -236,10 +248,11 @@ class Worker:
         """Lock, compose and write in-app rows, each once with its inbox message, before
         the transaction commits: only they are held while a shop's template renders.
 
-        Any failure before the commit leaves the rows pending as they were, attempts
-        uncounted (a lost connection, a server in trouble: the worker backs off and takes
-        them again). Only a write that fails on some row's data is retried here, row by
-        row, so that row alone gets a failed attempt and runs out of retries.
+        Should the database go away before the commit (a lost connection, a server in
+        trouble, an idle transaction cut off), the rows are pending as they were, attempts
+        uncounted: the worker backs off and takes them again. A write that fails on what
+        it was given (a value, a unique key, an application's trigger on the inbox) is done
+        again row by row, so that the guilty row alone gets a failed attempt.
         """
         rt = self.rt
         started = time.perf_counter()
@@ -250,6 +263,7 @@ class Worker:
                 async with conn.transaction():
                     batch = self._claimed(await self._lock_inapp(conn, one_by_one))
                     if not batch:
+                        self._db_fine()
                         return 0
                     rt.stats.in_flight += len(batch)
                     try:
@@ -260,10 +274,13 @@ class Worker:
                         written = await finish_inapp(conn, rt.daemon_id, batch, outcomes, messages)
                     finally:
                         rt.stats.in_flight -= len(batch)
-            except asyncpg.PostgresError as exc:
-                if not (outcomes and is_row_error(exc)):
+            except DB_ERRORS as exc:
+                if not outcomes or is_database_away(exc):
                     raise
-                outcomes, written = await self._finish_one_by_one(batch, outcomes, messages, exc)
+                outcomes, written = await self._finish_one_by_one(
+                    conn, batch, outcomes, messages, exc
+                )
+        self._db_fine()
         self._log_outcomes(batch, outcomes, written, started)
         return len(batch)
 
@@ -279,21 +296,24 @@ class Worker:
 
     async def _finish_one_by_one(
         self,
+        conn: Conn,
         batch: Sequence[ClaimedNotification],
         outcomes: Sequence[Outcome],
         messages: Mapping[int, InappMessage],
         exc: BaseException,
     ) -> tuple[list[Outcome], set[int]]:
         """Write the batch again row by row, each in a savepoint, after its one write failed
-        on some row's data (and rolled back); the row whose write fails again gets a failed
-        attempt with the error instead. Only the rows still pending are written: another
-        daemon may have taken the others meanwhile."""
+        on what it was given (and rolled back); the row whose write fails again gets a
+        failed attempt with the error instead, or, should even that fail, becomes a dead
+        letter. Only the rows still pending are written: another daemon may have taken
+        the others meanwhile."""
         rt = self.rt
         self.log.warning("inbox_write_failed", error=describe_error(exc), note="one by one")
         by_id = {o.id: o for o in outcomes}
         final: list[Outcome] = []
         written: set[int] = set()
-        async with rt.pool.acquire() as conn, conn.transaction():
+        daemon = rt.daemon_id
+        async with conn.transaction():
             mine = {r["id"] for r in await conn.fetch(queries.LOCK_PENDING, list(by_id))}
             for n in batch:
                 if n.id not in mine:
@@ -301,15 +321,23 @@ class Worker:
                 outcome = by_id[n.id]
                 try:
                     async with conn.transaction():
-                        written |= await finish_inapp(
-                            conn, rt.daemon_id, batch, [outcome], messages
-                        )
-                except asyncpg.PostgresError as row_exc:
-                    if not is_row_error(row_exc):
+                        written |= await finish_inapp(conn, daemon, batch, [outcome], messages)
+                except DB_ERRORS as row_exc:
+                    if is_database_away(row_exc):
                         raise
                     error = TransientError(f"inbox write failed: {describe_error(row_exc)}")
                     (outcome,) = decide_outcomes([n], {n.id: error}, {}, rt.settings)
-                    written |= await finish_inapp(conn, rt.daemon_id, batch, [outcome], {})
+                    try:
+                        async with conn.transaction():
+                            written |= await finish_inapp(conn, daemon, batch, [outcome], {})
+                    except DB_ERRORS as last_exc:
+                        if is_database_away(last_exc):
+                            raise
+                        reason = f"cannot be written: {describe_error(last_exc)}"
+                        outcome = Outcome(n.id, "failed", last_error=reason)
+                        written.update(
+                            r["id"] for r in await conn.fetch(queries.FAIL_ROW, n.id, reason)
+                        )
                 final.append(outcome)
         return final, written
 
@@ -334,6 +362,7 @@ class Worker:
                 rows = await self._one_by_one(
                     conn, queries.DUE_IDS, (paused,), queries.CLAIM_ONE, lease
                 )
+        self._db_fine()
         return self._claimed(rows)
 
     async def _one_by_one(
@@ -354,10 +383,10 @@ class Worker:
                 async with conn.transaction():
                     rows += await conn.fetch(take_one, nid, *take_args)
             except asyncpg.DataError as exc:
-                error = describe_error(exc)
-                if await self.rt.pool.fetch(queries.FAIL_UNCLAIMABLE, nid, error):
+                error = f"cannot be claimed: {describe_error(exc)}"
+                if await self.rt.pool.fetch(queries.FAIL_ROW, nid, error):
                     self.rt.stats.failed += 1
-                    self.log.error("failed", id=nid, error=f"cannot be claimed: {error}")
+                    self.log.error("failed", id=nid, error=error)
         return rows
 
     async def process(self, batch: Sequence[ClaimedNotification]) -> None:

@@ -115,10 +115,10 @@ async def test_workers_tell_the_scheduler_when_they_find_work(
 
         make_booking(db, world)
         assert await worker.deliver_inapp() == 1
-        after_inapp = rt.stats.last_work_at
-        assert after_inapp is not None
+        assert rt.stats.last_work_at is not None
+        rt.stats.last_work_at = None
         assert [n.channel for n in await worker.claim()] == ["email", "sms"]
-        assert rt.stats.last_work_at is not None and rt.stats.last_work_at >= after_inapp
+        assert rt.stats.last_work_at is not None
     finally:
         await pool.close()
         composer.close()

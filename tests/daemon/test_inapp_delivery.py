@@ -13,6 +13,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+import pytest
 
 from tests.daemon.harness import count_reaches, make_settings, running, wait_until
 from tests.factories import make_booking, make_world
@@ -94,30 +95,54 @@ async def test_inapp_rows_are_written_once_and_a_failing_render_fails_alone(
     assert sorted(i for (i,) in inbox) == sorted(ids)
 
 
-async def test_an_inbox_write_that_fails_on_one_rows_data_fails_that_row_alone(
-    db: Conn, clean_db: str, tmp_path: Path
+# Two ways an inbox write fails on one row, whatever the others hold: a message already in
+# the inbox for it (the unique key, 23505), and an application's own trigger on the inbox
+# that refuses it (P0001).
+ALREADY_THERE = """
+insert into pgnotify.inbox (user_id, notification_id, kind, title, body)
+values (gen_random_uuid(), %(id)s, 'booking_confirmed', 'there', 'already')
+"""
+REFUSED = """
+create function public.refuse_one() returns trigger language plpgsql as $$
+begin
+    if new.notification_id = %(id)s then raise exception 'refused by the application'; end if;
+    return new;
+end $$;
+create trigger refuse_one before insert on pgnotify.inbox
+    for each row execute function public.refuse_one();
+"""
+
+
+@pytest.mark.parametrize(
+    ("setup", "error"),
+    [(ALREADY_THERE, "duplicate key"), (REFUSED, "refused by the application")],
+    ids=["unique-key", "application-trigger"],
+)
+async def test_an_inbox_write_that_fails_on_one_row_fails_that_row_alone(
+    db: Conn, clean_db: str, tmp_path: Path, setup: str, error: str
 ) -> None:
-    """The batch's one write fails on one row (here a message already in the inbox for it:
-    the unique key); the batch is written again row by row, that row gets a failed attempt
-    with the error and a retry, and every other row is sent."""
-    worlds = [make_world(db, shop_name=f"Shop {i}", email=None, phone=None) for i in range(3)]
+    """The batch's one write fails on one row; the batch is written again row by row,
+    that row gets a failed attempt with the error and a retry, every other row is sent,
+    and email goes out meanwhile."""
+    worlds = [make_world(db, shop_name=f"Shop {i}", phone=None) for i in range(3)]
     bookings = [make_booking(db, w) for w in worlds]
     guilty, _, _ = inapp_row(db, bookings[0])
-    db.execute(
-        "insert into pgnotify.inbox (user_id, notification_id, kind, title, body)"
-        " values (gen_random_uuid(), %s, 'booking_confirmed', 'there', 'already')",
-        (guilty,),
-    )
+    db.execute(setup.replace("%(id)s", str(guilty)))
 
-    async with running(make_settings(clean_db, tmp_path / "outbox")):
+    settings = make_settings(clean_db, tmp_path / "outbox", NOTIFICATION_RETRY_DELAYS=(60.0,))
+    async with running(settings):
         await count_reaches(clean_db, 2, "channel = 'inapp' and status = 'sent'")
+        await count_reaches(
+            clean_db, 3, "channel = 'email' and kind = 'booking_confirmed' and status = 'sent'"
+        )
         await count_reaches(
             clean_db, 1, "channel = 'inapp' and attempts = 1 and status = 'pending'"
         )
 
-    nid, status, error = inapp_row(db, bookings[0])
+    nid, status, last_error = inapp_row(db, bookings[0])
     assert (nid, status) == (guilty, "pending")
-    assert error is not None and "inbox write failed" in error and "duplicate key" in error
+    assert last_error is not None and "inbox write failed" in last_error
+    assert error in last_error
     assert [inapp_row(db, b)[1] for b in bookings[1:]] == ["sent", "sent"]
 
 
