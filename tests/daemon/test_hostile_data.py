@@ -13,7 +13,6 @@ from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,12 +20,11 @@ from hypothesis import strategies as st
 from pgnotify.channels.base import EmailMessage, InappMessage, SmsMessage
 from pgnotify.channels.mime import build_mime
 from pgnotify.compose import Composer
-from pgnotify.db import as_url, init_connection
 from pgnotify.errors import DeliveryError
 from pgnotify.templates import TemplateRenderer
 from pgnotify.worker import to_claimed
 from tests.daemon.harness import count_reaches, make_settings, running
-from tests.factories import make_booking, make_world, take_due
+from tests.factories import daemon_connection, make_booking, make_world, take_due
 from tests.peers.smtp import SmtpPeer
 
 Conn = psycopg.Connection[Any]
@@ -69,15 +67,6 @@ phones = st.one_of(
     st.sampled_from(["+34600111222", *UNDELIVERABLE_PHONES]),
     st.from_regex(r"\+[1-9][0-9]{6,14}", fullmatch=True),
 )
-
-
-async def claim_everything(dsn: str, limit: int = 100) -> list[Any]:
-    conn = await asyncpg.connect(as_url(dsn), server_settings={"timezone": "UTC"})
-    try:
-        await init_connection(conn)
-        return await take_due(conn, "hostile-test", limit=limit)
-    finally:
-        await conn.close()
 
 
 def check_email(message: EmailMessage, raw: bytes, recipient: str) -> None:
@@ -159,7 +148,8 @@ async def test_hostile_fields_never_inject_and_never_crash_the_batch(
 
     settings_ = make_settings(clean_db, tmp_path, FROM_EMAIL="bookings@shop.example")
     composer = Composer(settings_, TemplateRenderer.from_settings(settings_))
-    claimed = to_claimed(await claim_everything(clean_db))
+    async with daemon_connection(clean_db) as conn:
+        claimed = to_claimed(await take_due(conn, "hostile-test"))
     # The confirmation and the cancellation, on every channel that has a recipient.
     assert sorted((n.kind, n.channel) for n in claimed) == sorted(
         (kind, channel)
