@@ -50,13 +50,13 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format pgnotify tests benchmarks
 
 run: $(STAMP) ## set up, find or start a Postgres, migrate, run the daemon (outbox unless configured)
-	@url=$$($(BIN)/python -m pgnotify.devcluster) && \
+	@url=$$($(BIN)/python -m tests.devcluster) && \
 	DATABASE_URL="$$url" $(BIN)/pgnotify migrate && \
 	echo "pgnotify: starting the daemon (Ctrl-C stops it); try 'make demo' in another shell" && \
 	DATABASE_URL="$$url" exec $(BIN)/pgnotify run
 
 demo: $(STAMP) ## insert a demo booking 25 s ahead (--fast) into the database make run uses
-	@url=$$($(BIN)/python -m pgnotify.devcluster) && \
+	@url=$$($(BIN)/python -m tests.devcluster) && \
 	DATABASE_URL="$$url" $(BIN)/pgnotify migrate >/dev/null && \
 	DATABASE_URL="$$url" $(BIN)/pgnotify demo --fast
 

@@ -64,8 +64,8 @@ from pgnotify.channels.base import EmailMessage
 from pgnotify.channels.mime import build_mime
 from pgnotify.context import build_context
 from pgnotify.db import as_url
-from pgnotify.devcluster import NoServer, Server, find_server, fresh_database
 from pgnotify.templates import TemplateRenderer
+from tests.devcluster import NoServer, Server, find_server, fresh_database
 from tests.peers.smtp import SmtpPeer
 from tests.peers.twilio import TwilioPeer
 

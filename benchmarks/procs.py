@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgnotify.devcluster import free_port
+from tests.devcluster import free_port
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Warnings a healthy benchmark run emits on purpose (the outbox is the point of it).

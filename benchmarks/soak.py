@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 
 from benchmarks.procs import daemon_env, memory_kib
-from pgnotify.devcluster import NoServer, find_server, fresh_database
+from tests.devcluster import NoServer, find_server, fresh_database
 from tests.peers.smtp import SmtpPeer
 from tests.peers.twilio import TwilioPeer
 

@@ -25,8 +25,8 @@ import psycopg
 import pytest
 from hypothesis import settings
 
-from pgnotify.devcluster import NoServer, find_server, fresh_database, with_dbname
-from pgnotify.devcluster import Server as PgServer
+from tests.devcluster import NoServer, find_server, fresh_database, with_dbname
+from tests.devcluster import Server as PgServer
 
 # The SMTP and Twilio-shaped peers, shared by every suite that sends; a real PgBouncer.
 pytest_plugins = ["tests.peers.fixtures", "tests.pgbouncer"]
@@ -52,7 +52,7 @@ _DATA_TABLES = (
 )
 
 
-# Tests import these two from here; they live in pgnotify.devcluster.
+# Tests import these two from here; they live in tests.devcluster.
 __all__ = ["PgServer", "with_dbname"]
 
 

@@ -29,7 +29,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgnotify.devcluster import free_port
+from tests.devcluster import free_port
 
 # Debian installs it in /usr/sbin, which a non-root PATH may lack.
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from pgnotify import devcluster
+from tests import devcluster
 from tests.conftest import PgServer
 
 

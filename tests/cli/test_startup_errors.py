@@ -23,8 +23,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgnotify.devcluster import fresh_database
 from tests.conftest import PgServer
+from tests.devcluster import fresh_database
 from tests.faults.proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]

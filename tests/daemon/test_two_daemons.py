@@ -9,7 +9,6 @@ from typing import Any
 
 import psycopg
 
-from pgnotify.devcluster import free_port
 from tests.daemon.harness import (
     count_reaches,
     env_for,
@@ -20,6 +19,7 @@ from tests.daemon.harness import (
     spawn,
     stop_process,
 )
+from tests.devcluster import free_port
 from tests.peers.smtp import SmtpPeer
 
 Conn = psycopg.Connection[Any]

@@ -24,7 +24,6 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgnotify.daemon import Daemon
-from pgnotify.devcluster import LocalCluster, free_port
 from pgnotify.migrate import migrate
 from tests.daemon.harness import (
     count,
@@ -44,6 +43,7 @@ from tests.daemon.harness import (
     stop_process,
     wait_until,
 )
+from tests.devcluster import LocalCluster, free_port
 from tests.faults.proxy import TcpProxy
 from tests.peers.smtp import SmtpPeer
 

@@ -18,7 +18,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgnotify import queries
 from pgnotify.db import create_pool
-from pgnotify.devcluster import free_port
 from tests.daemon.harness import (
     count_reaches,
     daemon_env,
@@ -31,6 +30,7 @@ from tests.daemon.harness import (
     stop_process,
     twilio_settings,
 )
+from tests.devcluster import free_port
 from tests.factories import make_booking, make_world
 from tests.peers.smtp import SmtpPeer
 from tests.peers.twilio import TwilioPeer

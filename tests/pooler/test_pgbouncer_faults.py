@@ -13,7 +13,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgnotify.devcluster import free_port
 from tests.daemon.harness import (
     BATCH,
     WORKERS,
@@ -29,6 +28,7 @@ from tests.daemon.harness import (
     stop_process,
     wait_until,
 )
+from tests.devcluster import free_port
 from tests.faults.test_database_faults import terminate_a_record_in_flight
 from tests.peers.smtp import SmtpPeer
 from tests.pgbouncer import PgBouncer

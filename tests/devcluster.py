@@ -1,5 +1,8 @@
 """Find or start a PostgreSQL for development: ``make run``, the tests, the benchmarks.
 
+Developer tooling, so it lives beside the tests and is not in the wheel: production runs
+against the operator's own Postgres and never needs ``initdb``, Docker or testcontainers.
+
 ``find_server`` is the one search all three use (a configured DSN, a server on
 127.0.0.1:5432, testcontainers, then a cluster of the machine's own ``initdb``/``pg_ctl``),
 and ``fresh_database`` the one way they make a database of their own and drop it.
@@ -8,7 +11,7 @@ throw-away ones (the fault tests also to restart or stop Postgres under a daemon
 the shared server). Postgres refuses to run as root, so as root a cluster is owned by and
 run as an unprivileged user (``postgres`` if it exists, else ``nobody``).
 
-``python -m pgnotify.devcluster`` prints a ``DATABASE_URL`` for ``make run``: the one
+``python -m tests.devcluster`` prints a ``DATABASE_URL`` for ``make run``: the one
 configured, else the ``pgnotify`` database on the server ``find_server`` finds.
 """
 
