@@ -154,6 +154,12 @@ def _part(content_type: bytes, body: str, extra: bytes = b"") -> bytes:
     )
 
 
+def _multipart(boundary: bytes, *parts: bytes) -> bytes:
+    """The body of a multipart entity: each part after a delimiter line, then the close."""
+    delimiter = b"--" + boundary
+    return b"".join(delimiter + b"\r\n" + part for part in parts) + delimiter + b"--\r\n"
+
+
 def build_mime(message: EmailMessage, *, from_email: str, date: str | None = None) -> bytes:
     """Serialise ``message`` (text + HTML, plus its ICS when set) to CRLF bytes.
 
@@ -179,49 +185,24 @@ def build_mime(message: EmailMessage, *, from_email: str, date: str | None = Non
     ]
     nid = message.notification_id
     alt = f"=_pgnotify_{nid}_alt".encode("ascii")
-    alternative = (
-        b"--"
-        + alt
-        + b"\r\n"
-        + _part(b"text/plain; charset=utf-8", message.text)
-        + b"--"
-        + alt
-        + b"\r\n"
-        + _part(b"text/html; charset=utf-8", message.html)
-        + b"--"
-        + alt
-        + b"--\r\n"
+    content_type = b'multipart/alternative; boundary="' + alt + b'"'
+    body = _multipart(
+        alt,
+        _part(b"text/plain; charset=utf-8", message.text),
+        _part(b"text/html; charset=utf-8", message.html),
     )
-    alt_type = b'multipart/alternative; boundary="' + alt + b'"'
-    if message.ics is None:
-        head = "\r\n".join(headers).encode("ascii")
-        return head + b"\r\nContent-Type: " + alt_type + b"\r\n\r\n" + alternative
-
-    method = message.ics_method or "REQUEST"
-    if method not in ICS_METHODS:
-        raise PermanentError(f"invalid ICS method {method[:20]!r}")
-    mixed = f"=_pgnotify_{nid}_mix".encode("ascii")
-    calendar = _part(
-        b"text/calendar; charset=utf-8; method=" + method.encode("ascii") + b'; name="invite.ics"',
-        message.ics,
-        b'Content-Disposition: attachment; filename="invite.ics"\r\n',
-    )
+    if message.ics is not None:
+        method = message.ics_method or "REQUEST"
+        if method not in ICS_METHODS:
+            raise PermanentError(f"invalid ICS method {method[:20]!r}")
+        mixed = f"=_pgnotify_{nid}_mix".encode("ascii")
+        calendar = _part(
+            b'text/calendar; charset=utf-8; method=%b; name="invite.ics"' % method.encode("ascii"),
+            message.ics,
+            b'Content-Disposition: attachment; filename="invite.ics"\r\n',
+        )
+        alternative = b"Content-Type: " + content_type + b"\r\n\r\n" + body
+        content_type = b'multipart/mixed; boundary="' + mixed + b'"'
+        body = _multipart(mixed, alternative, calendar)
     head = "\r\n".join(headers).encode("ascii")
-    return (
-        head
-        + b'\r\nContent-Type: multipart/mixed; boundary="'
-        + mixed
-        + b'"\r\n\r\n--'
-        + mixed
-        + b"\r\nContent-Type: "
-        + alt_type
-        + b"\r\n\r\n"
-        + alternative
-        + b"--"
-        + mixed
-        + b"\r\n"
-        + calendar
-        + b"--"
-        + mixed
-        + b"--\r\n"
-    )
+    return head + b"\r\nContent-Type: " + content_type + b"\r\n\r\n" + body
