@@ -142,22 +142,15 @@ def _part(content_type: bytes, body: str, extra: bytes = b"") -> bytes:
         encoding, encoded = b"base64", _base64_body(body)
     else:
         encoding, encoded = b"quoted-printable", _quoted_printable_body(body)
-    return (
-        b"Content-Type: "
-        + content_type
-        + b"\r\nContent-Transfer-Encoding: "
-        + encoding
-        + b"\r\n"
-        + extra
-        + b"\r\n"
-        + encoded
-    )
+    head = b"Content-Type: %b\r\nContent-Transfer-Encoding: %b\r\n%b\r\n"
+    return head % (content_type, encoding, extra) + encoded
 
 
 def _multipart(boundary: bytes, *parts: bytes) -> bytes:
     """The body of a multipart entity: each part after a delimiter line, then the close."""
     delimiter = b"--" + boundary
-    return b"".join(delimiter + b"\r\n" + part for part in parts) + delimiter + b"--\r\n"
+    opening = delimiter + b"\r\n"
+    return opening + opening.join(parts) + delimiter + b"--\r\n"
 
 
 def build_mime(message: EmailMessage, *, from_email: str, date: str | None = None) -> bytes:
