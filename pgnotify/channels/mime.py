@@ -82,8 +82,8 @@ def format_address(field: str, name: str | None, address: str) -> str:
 
     Addresses must be plain ASCII dot-atoms (we do not speak SMTPUTF8); anything else is a
     ``PermanentError`` naming the field. Plain names go through ``email.utils.formataddr``
-    (which quotes specials); others become one encoded word, with runs of spaces and tabs
-    collapsed to one space, as every reader shows them.
+    (which quotes specials); in others, runs of whitespace and controls become one space,
+    as every reader shows them, and a name still not plain becomes one encoded word.
     """
     if not is_valid_address(address):
         raise PermanentError(f"header {field}: invalid email address {address[:80]!r}")
