@@ -123,6 +123,14 @@ def check_shop_templates(settings: Settings) -> list[str]:
     return lines
 
 
+async def _check_provider(channel: SmtpChannel | TwilioChannel) -> str:
+    try:
+        return await channel.check()
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.aclose()
+
+
 async def run_checks(settings: Settings) -> list[str]:
     """Every check, in order; none stops the others."""
     lines = ["OK settings: valid"]
@@ -132,21 +140,11 @@ async def run_checks(settings: Settings) -> list[str]:
     lines.append(check_templates(settings))
     lines += await asyncio.to_thread(check_shop_templates, settings)
     if settings.smtp_configured:
-        smtp = SmtpChannel(settings)
-        try:
-            lines.append(await smtp.check())
-        finally:
-            with contextlib.suppress(Exception):
-                await smtp.aclose()
+        lines.append(await _check_provider(SmtpChannel(settings)))
     else:
         lines.append(check_outbox(settings, "email", "SMTP_SERVER"))
     if settings.twilio_configured:
-        twilio = TwilioChannel(settings)
-        try:
-            lines.append(await twilio.check())
-        finally:
-            with contextlib.suppress(Exception):
-                await twilio.aclose()
+        lines.append(await _check_provider(TwilioChannel(settings)))
     else:
         lines.append(check_outbox(settings, "sms", "TWILIO_ACCOUNT_SID"))
     return lines

@@ -23,6 +23,7 @@ from pgnotify.templates import PARTS
 from pgnotify.text import describe_error, one_line, redact
 
 EXIT_USAGE = 2
+Command = Callable[[Settings, argparse.Namespace], int]
 # Database errors that say the configuration is wrong (exit 2, like a bad setting), not
 # that this one command failed (exit 1).
 _CONFIGURATION_ERRORS = (
@@ -41,10 +42,9 @@ def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
             " server (it holds a session-level lock); run it with DATABASE_PGBOUNCER unset"
         )
     applied = migrate(settings.database_url)
-    if applied:
-        for name in applied:
-            print(f"applied {name}")
-    else:
+    for name in applied:
+        print(f"applied {name}")
+    if not applied:
         print("database is up to date")
     return 0
 
@@ -170,42 +170,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pgnotify {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("migrate", help="apply the SQL in sql/ to DATABASE_URL (idempotent)")
-    p.set_defaults(func=_cmd_migrate)
+    def command(name: str, func: Command, summary: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=summary)
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("run", help="run the delivery daemon in the foreground (systemd runs this)")
-    p.set_defaults(func=_cmd_run)
+    command("migrate", _cmd_migrate, "apply the SQL in sql/ to DATABASE_URL (idempotent)")
+    command("run", _cmd_run, "run the delivery daemon in the foreground (systemd runs this)")
 
-    p = sub.add_parser("status", help="print pgnotify.status: counts by kind, channel, status")
+    p = command("status", _cmd_status, "print pgnotify.status: counts by kind, channel, status")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=_cmd_status)
 
-    p = sub.add_parser(
-        "check", help="check settings, database, SMTP and Twilio: one OK/FAIL line each"
-    )
-    p.set_defaults(func=_cmd_check)
+    command("check", _cmd_check, "check settings, database, SMTP and Twilio: one OK/FAIL line each")
 
-    p = sub.add_parser("render", help="preview what a kind would send for a booking")
+    p = command("render", _cmd_render, "preview what a kind would send for a booking")
     p.add_argument("kind", help="a kind of pgnotify.kinds, e.g. booking_confirmed")
     p.add_argument("--booking", required=True, type=_uuid, help="booking id")
     p.add_argument("--channel", choices=list(PARTS), help="only this channel")
     p.add_argument("--locale", help="force a language (en, es)")
-    p.set_defaults(func=_cmd_render)
 
-    p = sub.add_parser("retry", help="put failed notifications back in the queue, due now")
+    p = command("retry", _cmd_retry, "put failed notifications back in the queue, due now")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("id", nargs="?", type=int, help="a notification id")
     target.add_argument("--all-failed", action="store_true", help="every failed notification")
     p.add_argument("--kind", help="with --all-failed: only this kind")
-    p.set_defaults(func=_cmd_retry)
 
-    p = sub.add_parser("demo", help="insert a demo shop, customer, booking and payment")
+    p = command("demo", _cmd_demo, "insert a demo shop, customer, booking and payment")
     p.add_argument(
         "--fast",
         action="store_true",
         help="book 25 s ahead with reminders 24 s and 2 s before (demos only)",
     )
-    p.set_defaults(func=_cmd_demo)
     return parser
 
 
@@ -224,7 +219,7 @@ def _fail(message: str, code: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    func: Callable[[Settings, argparse.Namespace], int] = args.func
+    func: Command = args.func
     try:
         for find in _NEEDS.get(args.command, ()):
             find()

@@ -59,9 +59,7 @@ def insert_demo(conn: psycopg.Connection[Any], *, fast: bool = False) -> str:
             # Seconds instead of hours, for this demo shop only: 25 s ahead, reminders at
             # 24 s and 2 s before, so the whole story plays out in under a minute.
             conn.execute(FAST_RULES, params)
-            params["ahead"] = "25 seconds"
-        else:
-            params["ahead"] = "25 hours"
+        params["ahead"] = "25 seconds" if fast else "25 hours"
         booking = conn.execute(BOOKING, params).fetchone()
         assert booking is not None
         conn.execute(PAYMENT, (booking[0],))

@@ -11,35 +11,30 @@ and ``check`` must not report success having found no SQL.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
 from pgnotify.errors import InstallationError
 
 
-def _packaged(name: str) -> Path:
+def _packaged(name: str, what: str, present: Callable[[Path], bool]) -> Path:
     # A wheel is installed as files on disk (pip never imports from a zip), so the
     # resource is a real directory.
-    return Path(str(resources.files("pgnotify").joinpath(name)))
+    path = Path(str(resources.files("pgnotify").joinpath(name)))
+    if not present(path):
+        raise InstallationError(
+            f"no {what} in {path}: this install of pgnotify is missing its {name}/ folder;"
+            " reinstall the wheel"
+        )
+    return path
 
 
 def sql_dir() -> Path:
     """The folder of numbered migrations; raises when the install has none."""
-    path = _packaged("sql")
-    if not any(path.glob("[0-9][0-9][0-9]_*.sql")):
-        raise InstallationError(
-            f"no SQL migrations in {path}: this install of pgnotify is missing its sql/ folder;"
-            " reinstall the wheel"
-        )
-    return path
+    return _packaged("sql", "SQL migrations", lambda p: any(p.glob("[0-9][0-9][0-9]_*.sql")))
 
 
 def templates_dir() -> Path:
     """The folder of default templates (one folder per locale); raises when it is missing."""
-    path = _packaged("templates")
-    if not (path / "en").is_dir():
-        raise InstallationError(
-            f"no templates in {path}: this install of pgnotify is missing its templates/ folder;"
-            " reinstall the wheel"
-        )
-    return path
+    return _packaged("templates", "templates", lambda p: (p / "en").is_dir())

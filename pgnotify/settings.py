@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
     Field,
@@ -61,6 +61,12 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _https_or_loopback(url: SplitResult) -> bool:
+    """A URL with a host, over https (or plain http towards a loopback address)."""
+    host = url.hostname or ""
+    return bool(host) and (url.scheme == "https" or (url.scheme == "http" and is_loopback(host)))
 
 
 def _secret_values(data: dict[str, Any]) -> list[str]:
@@ -196,11 +202,7 @@ class Settings(BaseSettings):
     @classmethod
     def _https(cls, value: str) -> str:
         # The auth token travels in every request's Authorization header.
-        parts = urlsplit(value)
-        host = parts.hostname or ""
-        if not host or not (
-            parts.scheme == "https" or (parts.scheme == "http" and is_loopback(host))
-        ):
+        if not _https_or_loopback(urlsplit(value)):
             raise ValueError(
                 "must be an https:// URL with a host (plain http:// only towards "
                 f"{_LOOPBACK}): the auth token is sent with every request"
@@ -214,13 +216,7 @@ class Settings(BaseSettings):
         if value is None or not value.strip():
             return None
         parts = urlsplit(value.strip())
-        host = parts.hostname or ""
-        if (
-            not host
-            or parts.query
-            or parts.fragment
-            or not (parts.scheme == "https" or (parts.scheme == "http" and is_loopback(host)))
-        ):
+        if parts.query or parts.fragment or not _https_or_loopback(parts):
             raise ValueError(
                 "must be an https:// URL with a host and no query or fragment (plain http:// "
                 f"only towards {_LOOPBACK}): each link carries a token to the booking"
@@ -339,11 +335,6 @@ class Settings(BaseSettings):
         if self.NOTIFICATION_LOG_FORMAT:
             return self.NOTIFICATION_LOG_FORMAT
         return "console" if sys.stderr.isatty() else "json"
-
-    def retry_delay(self, attempts: int) -> float:
-        """Base delay before retry number ``attempts`` (1-based); the last delay repeats."""
-        delays = self.NOTIFICATION_RETRY_DELAYS
-        return delays[min(max(attempts, 1), len(delays)) - 1]
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -8,7 +8,7 @@ about the queue: claiming, retrying and recording belong to the worker.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,6 @@ class InappMessage:
 Message = EmailMessage | SmsMessage | InappMessage
 
 
-@runtime_checkable
 class Channel(Protocol):
     """What the worker needs of a channel."""
 

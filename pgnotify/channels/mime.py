@@ -82,8 +82,8 @@ def format_address(field: str, name: str | None, address: str) -> str:
 
     Addresses must be plain ASCII dot-atoms (we do not speak SMTPUTF8); anything else is a
     ``PermanentError`` naming the field. Plain names go through ``email.utils.formataddr``
-    (which quotes specials); others become one encoded word, with runs of spaces and tabs
-    collapsed to one space, as every reader shows them.
+    (which quotes specials); in others, runs of whitespace and controls become one space,
+    as every reader shows them, and a name still not plain becomes one encoded word.
     """
     if not is_valid_address(address):
         raise PermanentError(f"header {field}: invalid email address {address[:80]!r}")
@@ -142,16 +142,15 @@ def _part(content_type: bytes, body: str, extra: bytes = b"") -> bytes:
         encoding, encoded = b"base64", _base64_body(body)
     else:
         encoding, encoded = b"quoted-printable", _quoted_printable_body(body)
-    return (
-        b"Content-Type: "
-        + content_type
-        + b"\r\nContent-Transfer-Encoding: "
-        + encoding
-        + b"\r\n"
-        + extra
-        + b"\r\n"
-        + encoded
-    )
+    head = b"Content-Type: %b\r\nContent-Transfer-Encoding: %b\r\n%b\r\n"
+    return head % (content_type, encoding, extra) + encoded
+
+
+def _multipart(boundary: bytes, *parts: bytes) -> bytes:
+    """The body of a multipart entity: each part after a delimiter line, then the close."""
+    delimiter = b"--" + boundary
+    opening = delimiter + b"\r\n"
+    return opening + opening.join(parts) + delimiter + b"--\r\n"
 
 
 def build_mime(message: EmailMessage, *, from_email: str, date: str | None = None) -> bytes:
@@ -179,49 +178,24 @@ def build_mime(message: EmailMessage, *, from_email: str, date: str | None = Non
     ]
     nid = message.notification_id
     alt = f"=_pgnotify_{nid}_alt".encode("ascii")
-    alternative = (
-        b"--"
-        + alt
-        + b"\r\n"
-        + _part(b"text/plain; charset=utf-8", message.text)
-        + b"--"
-        + alt
-        + b"\r\n"
-        + _part(b"text/html; charset=utf-8", message.html)
-        + b"--"
-        + alt
-        + b"--\r\n"
+    content_type = b'multipart/alternative; boundary="' + alt + b'"'
+    body = _multipart(
+        alt,
+        _part(b"text/plain; charset=utf-8", message.text),
+        _part(b"text/html; charset=utf-8", message.html),
     )
-    alt_type = b'multipart/alternative; boundary="' + alt + b'"'
-    if message.ics is None:
-        head = "\r\n".join(headers).encode("ascii")
-        return head + b"\r\nContent-Type: " + alt_type + b"\r\n\r\n" + alternative
-
-    method = message.ics_method or "REQUEST"
-    if method not in ICS_METHODS:
-        raise PermanentError(f"invalid ICS method {method[:20]!r}")
-    mixed = f"=_pgnotify_{nid}_mix".encode("ascii")
-    calendar = _part(
-        b"text/calendar; charset=utf-8; method=" + method.encode("ascii") + b'; name="invite.ics"',
-        message.ics,
-        b'Content-Disposition: attachment; filename="invite.ics"\r\n',
-    )
+    if message.ics is not None:
+        method = message.ics_method or "REQUEST"
+        if method not in ICS_METHODS:
+            raise PermanentError(f"invalid ICS method {method[:20]!r}")
+        mixed = f"=_pgnotify_{nid}_mix".encode("ascii")
+        calendar = _part(
+            b'text/calendar; charset=utf-8; method=%b; name="invite.ics"' % method.encode("ascii"),
+            message.ics,
+            b'Content-Disposition: attachment; filename="invite.ics"\r\n',
+        )
+        alternative = b"Content-Type: " + content_type + b"\r\n\r\n" + body
+        content_type = b'multipart/mixed; boundary="' + mixed + b'"'
+        body = _multipart(mixed, alternative, calendar)
     head = "\r\n".join(headers).encode("ascii")
-    return (
-        head
-        + b'\r\nContent-Type: multipart/mixed; boundary="'
-        + mixed
-        + b'"\r\n\r\n--'
-        + mixed
-        + b"\r\nContent-Type: "
-        + alt_type
-        + b"\r\n\r\n"
-        + alternative
-        + b"--"
-        + mixed
-        + b"\r\n"
-        + calendar
-        + b"--"
-        + mixed
-        + b"--\r\n"
-    )
+    return head + b"\r\nContent-Type: " + content_type + b"\r\n\r\n" + body

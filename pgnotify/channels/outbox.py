@@ -139,8 +139,7 @@ class OutboxSmsChannel:
     mode = "outbox"
 
     def __init__(self, settings: Settings) -> None:
-        self.directory = Path(settings.NOTIFICATION_OUTBOX_DIR)
-        self.path = self.directory / "sms.jsonl"
+        self.path = Path(settings.NOTIFICATION_OUTBOX_DIR) / "sms.jsonl"
         self.from_number = settings.TWILIO_PHONE_NUMBER
 
     async def send(self, message: Message) -> Receipt:

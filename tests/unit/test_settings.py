@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from pgnotify.errors import SettingsError
+from pgnotify.outcome import retry_delay
 from pgnotify.settings import Settings, load_settings
 
 _PREFIXES = ("NOTIFICATION_", "SMTP_", "TWILIO_", "DATABASE_", "LISTEN_DATABASE_")
@@ -173,8 +174,8 @@ def test_retry_delays_are_read_as_comma_separated_seconds(monkeypatch: pytest.Mo
     monkeypatch.setenv("NOTIFICATION_RETRY_DELAYS", "0.5, 2,10")
     settings = load()
     assert settings.NOTIFICATION_RETRY_DELAYS == (0.5, 2.0, 10.0)
-    assert settings.retry_delay(1) == 0.5
-    assert settings.retry_delay(7) == 10.0
+    assert retry_delay(1, settings.NOTIFICATION_RETRY_DELAYS) == 0.5
+    assert retry_delay(7, settings.NOTIFICATION_RETRY_DELAYS) == 10.0
 
 
 @pytest.mark.parametrize(("lease", "timeout"), [("30", "30"), ("10", "30")])
