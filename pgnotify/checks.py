@@ -11,6 +11,7 @@ import psycopg
 from pgnotify import queries
 from pgnotify.catalog import verify_catalog
 from pgnotify.channels.email import SmtpChannel
+from pgnotify.channels.outbox import make_directory
 from pgnotify.channels.registry import build_channels
 from pgnotify.channels.sms import TwilioChannel
 from pgnotify.db import connect_sync, describe_dsn
@@ -20,7 +21,7 @@ from pgnotify.model import Catalog
 from pgnotify.render_pool import RenderPool, ShopSource
 from pgnotify.settings import Settings
 from pgnotify.templates import TemplateRenderer
-from pgnotify.text import one_line
+from pgnotify.text import describe_error, one_line
 
 
 def check_database(settings: Settings) -> str:
@@ -30,10 +31,12 @@ def check_database(settings: Settings) -> str:
             version = conn.execute(queries.SERVER_VERSION).fetchone()
             try:
                 applied = {r[0] for r in conn.execute(queries.APPLIED_MIGRATIONS)}
-            except Exception:
+            except psycopg.errors.UndefinedTable:  # never migrated
                 applied = set()
     except PgnotifyError as exc:
         return f"FAIL database: {exc}"
+    except psycopg.Error as exc:  # say what the server said: a missing right is no missing table
+        return f"FAIL database {where}: {describe_error(exc)}"
     wanted = [m.version for m in discover()]
     missing = [v for v in wanted if v not in applied]
     pg = f"PostgreSQL {version[0] if version else '?'}"
@@ -67,7 +70,7 @@ def check_catalog(settings: Settings) -> str:
 def check_outbox(settings: Settings, channel: str, unset: str) -> str:
     directory = settings.NOTIFICATION_OUTBOX_DIR
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        make_directory(directory)  # 0700, as the channel makes it: the files are personal data
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".check-"):
             pass
     except OSError as exc:

@@ -40,7 +40,7 @@ DIRECTORY_MODE = 0o700
 FILE_MODE = 0o600
 
 
-def _make_directory(directory: Path) -> None:
+def make_directory(directory: Path) -> None:
     """``mkdir -p`` creating each missing folder ``0700``; a file in the folder's place is
     ENOTDIR, not mkdir's baffling EEXIST."""
     if directory.is_dir():
@@ -48,8 +48,8 @@ def _make_directory(directory: Path) -> None:
     try:
         directory.mkdir(mode=DIRECTORY_MODE)
     except FileNotFoundError:
-        _make_directory(directory.parent)
-        _make_directory(directory)
+        make_directory(directory.parent)
+        make_directory(directory)
         return
     except FileExistsError as exc:
         if directory.is_dir():  # another writer made it in between
@@ -61,7 +61,7 @@ def _make_directory(directory: Path) -> None:
 
 def _write_atomically(target: Path, data: bytes) -> None:
     """Write to a temp file in the same folder, then rename: never half a file visible."""
-    _make_directory(target.parent)
+    make_directory(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".eml", dir=target.parent)
     try:
         os.fchmod(fd, FILE_MODE)  # mkstemp's 0600 passes through the umask
@@ -82,7 +82,7 @@ def _append_line(path: Path, line: str) -> None:
     threads, or two daemons share a folder) out of each other's lines and cut-backs.
     """
     data = (line + "\n").encode("utf-8")
-    _make_directory(path.parent)
+    make_directory(path.parent)
     created = True
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, FILE_MODE)

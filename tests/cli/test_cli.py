@@ -70,6 +70,8 @@ def test_check_says_ok_for_each_part_and_fails_on_a_dead_smtp(
         "sms",
     ]
     assert all(line.startswith("OK") for line in lines)
+    # check made the outbox as the channel makes it: the files in it are personal data.
+    assert (tmp_path / "outbox").stat().st_mode & 0o777 == 0o700
 
     env |= {"SMTP_SERVER": "127.0.0.1", "SMTP_PORT": str(smtp_server.port), "SMTP_SECURITY": "none"}
     assert pgnotify("check", env=env, cwd=tmp_path).returncode == 0

@@ -234,6 +234,17 @@ def test_a_missing_privilege_is_one_line_and_exit_2(
     assert re.match(r"pgnotify: InsufficientPrivilege: permission denied", line), line
 
 
+def test_check_tells_a_missing_privilege_apart_from_a_missing_migration(
+    stranger: str, tmp_path: Path
+) -> None:
+    env = {"DATABASE_URL": stranger, "NOTIFICATION_OUTBOX_DIR": str(tmp_path / "outbox")}
+    proc = pgnotify("check", env=env, cwd=tmp_path)
+    assert proc.returncode == 1
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("FAIL database")]
+    assert "InsufficientPrivilege: permission denied for schema pgnotify" in line, line
+    assert "migrate" not in line
+
+
 def test_any_other_database_error_is_one_line_and_exit_1(clean_db: str, tmp_path: Path) -> None:
     """A command the database refuses (here: a read-only session) fails alone: exit 1."""
     proc = pgnotify(
