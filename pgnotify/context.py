@@ -215,9 +215,7 @@ def format_money(cents: int | None, currency: str | None, locale: str) -> str:
         number = whole.replace(",", ".") + ("," + fraction if fraction else "")
         return f"{sign}{number} {symbol or code}"
     number = whole + ("." + fraction if fraction else "")
-    if symbol:
-        return f"{sign}{symbol}{number}"
-    return f"{sign}{number} {code}"
+    return f"{sign}{symbol}{number}" if symbol else f"{sign}{number} {code}"
 
 
 def format_duration(minutes: int | None) -> str:

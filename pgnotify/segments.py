@@ -78,9 +78,7 @@ def fold_to_gsm7(body: str) -> str:
 
 
 def _segments(units: int, single: int, multi: int) -> int:
-    if units <= single:
-        return 1
-    return -(-units // multi)
+    return 1 if units <= single else -(-units // multi)
 
 
 def is_e164(number: str) -> bool:

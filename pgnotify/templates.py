@@ -25,6 +25,7 @@ evaluates constant expressions, which is enough for ``'x' * 3000000000``.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -167,13 +168,11 @@ class TemplateRenderer:
             kind: tuple(self.channels_of(kind) if channels is None else channels) for kind in kinds
         }
         done = []
-        for shop in shop_ids:
-            for lang in sorted(self.locales):
-                for kind in kinds:
-                    for channel in wanted[kind]:
-                        for part in PARTS[channel]:
-                            self.template(kind, part, locale=lang, shop_id=shop)
-                            done.append(self._label(f"{kind}/{part}", lang, shop))
+        for shop, lang, kind in itertools.product(shop_ids, sorted(self.locales), kinds):
+            for channel in wanted[kind]:
+                for part in PARTS[channel]:
+                    self.template(kind, part, locale=lang, shop_id=shop)
+                    done.append(self._label(f"{kind}/{part}", lang, shop))
         return done
 
     def channels_of(self, kind: str) -> list[str]:
