@@ -322,8 +322,6 @@ def build_context(
 
     total = booking.get("total_cents", service.get("price_cents"))
     currency = booking.get("currency") or service.get("currency")
-    paid = format_totals(booking.get("paid"), lang, first=currency)
-    refunded = format_totals(booking.get("refunded"), lang, first=currency)
     reference = booking.get("reference")
     previous = parse_timestamp(booking.get("previous_starts_at"))
     local_previous: datetime | None = None
@@ -374,8 +372,8 @@ def build_context(
             else ""
         ),
         "reference": reference if isinstance(reference, str) else "",
-        "paid": paid,
-        "refunded": refunded,
+        "paid": format_totals(booking.get("paid"), lang, first=currency),
+        "refunded": format_totals(booking.get("refunded"), lang, first=currency),
         "payment_date": format_moment(payment.get("updated_at"), zone, lang) if payment else "",
         "customer_confirmed": bool(booking.get("customer_confirmed_at")),
     }
