@@ -225,11 +225,7 @@ class Composer:
         )
 
     def _email(
-        self,
-        n: ClaimedNotification,
-        to: str,
-        ctx: Mapping[str, Any],
-        parts: Mapping[str, str],
+        self, n: ClaimedNotification, to: str, ctx: Mapping[str, Any], parts: Mapping[str, str]
     ) -> EmailMessage:
         shop = ctx["shop"]
         # To the customer, replies go to the shop; to the shop (its alerts), to the customer.

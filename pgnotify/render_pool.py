@@ -119,12 +119,7 @@ class RenderPool:
     """
 
     def __init__(
-        self,
-        roots: Sequence[Path],
-        *,
-        timeout: float,
-        memory_mb: int,
-        size: int = POOL_SIZE,
+        self, roots: Sequence[Path], *, timeout: float, memory_mb: int, size: int = POOL_SIZE
     ) -> None:
         self.roots = tuple(roots)
         self.timeout = timeout
