@@ -57,10 +57,6 @@ class Composer:
         """Stop the render pool's processes (a later shop template starts them again)."""
         self.pool.close()
 
-    def message_id(self, notification_id: int) -> str:
-        """The Message-ID of a notification: the same on every retry, so duplicates thread."""
-        return f"<pgnotify.{notification_id}@{self.message_id_domain}>"
-
     def compose(
         self,
         n: ClaimedNotification,
@@ -76,24 +72,19 @@ class Composer:
         ``PermanentError`` for unknown channels and template failures.
         """
         ctx = self._context(n, context, locale)
-        return self._compose(n, ctx, self._budgeted_parts(n, ctx))
-
-    def _compose(
-        self, n: ClaimedNotification, ctx: Mapping[str, Any], budgeted: Mapping[str, ShopSource]
-    ) -> Message:
         data = _channel_context(n.channel, ctx)
         shop_parts = {
             part: self.pool.render_blocking(
                 source, n.kind, part, data, locale=data["locale"], shop_id=source.shop_id
             )
-            for part, source in budgeted.items()
+            for part, source in self._budgeted_parts(n, ctx).items()
         }
         return self._finish(n, ctx, data, shop_parts)
 
     async def _acompose(
         self, n: ClaimedNotification, ctx: Mapping[str, Any], budgeted: Mapping[str, ShopSource]
     ) -> Message:
-        """``_compose`` awaiting the render pool, so the event loop goes on meanwhile."""
+        """``compose`` awaiting the render pool, so the event loop goes on meanwhile."""
         data = _channel_context(n.channel, ctx)
         shop_parts = {
             part: await self.pool.render(
@@ -111,8 +102,11 @@ class Composer:
         shop_parts: Mapping[str, str],
     ) -> Message:
         """Render inline every part the shop has no file for, then assemble the message."""
+        # Those parts read no shop file, so they render without the shop's folder.
         parts = {
-            part: shop_parts[part] if part in shop_parts else self._render(n.kind, part, data)
+            part: shop_parts[part]
+            if part in shop_parts
+            else self.renderer.render(n.kind, part, data, locale=data["locale"])
             for part in PARTS[n.channel]
         }
         return self._assemble(n, ctx, parts)
@@ -151,7 +145,7 @@ class Composer:
                     waiting[i] = asyncio.create_task(self._acompose(n, full, budgeted))
                     out.append(None)
                 else:
-                    out.append(self._compose(n, full, budgeted))
+                    out.append(self._finish(n, full, _channel_context(n.channel, full), {}))
             except Exception as exc:
                 out.append(classify(exc))
         if waiting:
@@ -204,9 +198,10 @@ class Composer:
         self, n: ClaimedNotification, ctx: Mapping[str, Any]
     ) -> dict[str, ShopSource]:
         """The parts of ``n``'s message that read the shop's own files (the render pool's)."""
-        shop_id = _shop_id(ctx)
-        if shop_id is None:
+        shop_id = ctx["shop"].get("id")
+        if not shop_id:
             return {}
+        shop_id = str(shop_id)
         out = {}
         for part in PARTS[n.channel]:
             source = self.renderer.shop_source(n.kind, part, locale=ctx["locale"], shop_id=shop_id)
@@ -229,16 +224,8 @@ class Composer:
             n.id, storable(one_line(parts["inapp_title.txt"])), storable(parts["inapp_body.txt"])
         )
 
-    def _render(self, kind: str, part: str, ctx: Mapping[str, Any]) -> str:
-        # Inline: only for parts that read no shop file, so the shop's folder is left out.
-        return self.renderer.render(kind, part, ctx, locale=ctx["locale"])
-
     def _email(
-        self,
-        n: ClaimedNotification,
-        to: str,
-        ctx: Mapping[str, Any],
-        parts: Mapping[str, str],
+        self, n: ClaimedNotification, to: str, ctx: Mapping[str, Any], parts: Mapping[str, str]
     ) -> EmailMessage:
         shop = ctx["shop"]
         # To the customer, replies go to the shop; to the shop (its alerts), to the customer.
@@ -265,7 +252,8 @@ class Composer:
             subject=one_line(parts["email_subject.txt"]),
             text=_BLANK_LINES.sub("\n\n", parts["email.txt"]) + "\n",
             html=parts["email.html"] + "\n",
-            message_id=self.message_id(n.id),
+            # The same on every retry, so duplicates thread.
+            message_id=f"<pgnotify.{n.id}@{self.message_id_domain}>",
             ics=ics,
             ics_method=method if ics else None,
         )
@@ -274,11 +262,6 @@ class Composer:
 def _channel_context(channel: str, ctx: Mapping[str, Any]) -> Mapping[str, Any]:
     # An SMS is short: what shops and customers typed is cut before it renders.
     return shorten_for_sms(ctx) if channel == "sms" else ctx
-
-
-def _shop_id(ctx: Mapping[str, Any]) -> str | None:
-    shop_id = ctx["shop"].get("id")
-    return str(shop_id) if shop_id else None
 
 
 def render_preview(

@@ -215,9 +215,7 @@ def format_money(cents: int | None, currency: str | None, locale: str) -> str:
         number = whole.replace(",", ".") + ("," + fraction if fraction else "")
         return f"{sign}{number} {symbol or code}"
     number = whole + ("." + fraction if fraction else "")
-    if symbol:
-        return f"{sign}{symbol}{number}"
-    return f"{sign}{number} {code}"
+    return f"{sign}{symbol}{number}" if symbol else f"{sign}{number} {code}"
 
 
 def format_duration(minutes: int | None) -> str:
@@ -324,8 +322,6 @@ def build_context(
 
     total = booking.get("total_cents", service.get("price_cents"))
     currency = booking.get("currency") or service.get("currency")
-    paid = format_totals(booking.get("paid"), lang, first=currency)
-    refunded = format_totals(booking.get("refunded"), lang, first=currency)
     reference = booking.get("reference")
     previous = parse_timestamp(booking.get("previous_starts_at"))
     local_previous: datetime | None = None
@@ -376,8 +372,8 @@ def build_context(
             else ""
         ),
         "reference": reference if isinstance(reference, str) else "",
-        "paid": paid,
-        "refunded": refunded,
+        "paid": format_totals(booking.get("paid"), lang, first=currency),
+        "refunded": format_totals(booking.get("refunded"), lang, first=currency),
         "payment_date": format_moment(payment.get("updated_at"), zone, lang) if payment else "",
         "customer_confirmed": bool(booking.get("customer_confirmed_at")),
     }

@@ -95,10 +95,6 @@ class _Process:
             self.kill()
             raise
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
     def kill(self) -> int:
         """Kill the process (if it still runs) and reap it; returns its exit status."""
         with contextlib.suppress(OSError):
@@ -123,12 +119,7 @@ class RenderPool:
     """
 
     def __init__(
-        self,
-        roots: Sequence[Path],
-        *,
-        timeout: float,
-        memory_mb: int,
-        size: int = POOL_SIZE,
+        self, roots: Sequence[Path], *, timeout: float, memory_mb: int, size: int = POOL_SIZE
     ) -> None:
         self.roots = tuple(roots)
         self.timeout = timeout
@@ -146,7 +137,7 @@ class RenderPool:
     @property
     def pids(self) -> frozenset[int]:
         """The worker processes running now (tests watch them being replaced)."""
-        return frozenset(p.pid for p in list(self._live))  # list(): one step under the GIL
+        return frozenset(p.proc.pid for p in list(self._live))  # list(): one step under the GIL
 
     def close(self) -> None:
         """Kill every worker process; a later render starts new ones."""
@@ -231,7 +222,7 @@ class RenderPool:
         """Send one request and wait for its answer, for the timeout at most.
 
         A process that runs out of time is killed; one that ran out of memory has quit
-        after answering. Either is gone from the pool when this returns or raises.
+        after answering. Either fails the render, and ``_call`` retires its process.
         """
         try:
             process.conn.send(request)
@@ -247,17 +238,15 @@ class RenderPool:
             raise source.error(f"the render worker died (exit status {status})") from None
         if reply[0] == "timeout":
             process.kill()
-            return (
-                "timeout",
+            raise source.error(
                 f"took longer than {self.timeout:g}s (NOTIFICATION_RENDER_TIMEOUT);"
-                " the render was stopped",
+                " the render was stopped"
             )
         if reply[0] == "memory":
             process.kill()  # it quits by itself; this reaps it
-            return (
-                "memory",
+            raise source.error(
                 f"needed more than {self.memory_mb} MB (NOTIFICATION_RENDER_MEMORY_MB);"
-                " the render was stopped",
+                " the render was stopped"
             )
         return reply
 

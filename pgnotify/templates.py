@@ -14,8 +14,7 @@ layout.
 
 Every environment is sandboxed; ``StrictUndefined`` turns a missing variable into an
 error instead of a blank, and every template error becomes a ``PermanentError`` naming the
-template. Templates are compiled once and kept (no file system access on the hot path);
-``clear_cache`` picks up edits.
+template. Templates are compiled once and kept (no file system access on the hot path).
 
 Shop owners write their folders, so those are untrusted (CONTRACT §5): ``shop_source``
 tells which renders read a shop's file, and the composer sends only those to the render
@@ -26,6 +25,7 @@ evaluates constant expressions, which is enough for ``'x' * 3000000000``.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -74,13 +74,8 @@ class TemplateRenderer:
         self._flat_globals: dict[Template, dict[str, Any]] = {}
         self._shop_dirs: dict[str, bool] = {}
         self._shop_sources: dict[tuple[str, str, str, str], ShopSource | None] = {}
-        self._locales = frozenset(
-            child.name
-            for root in self.roots
-            if root.is_dir()
-            for child in root.iterdir()
-            if child.is_dir() and child.name != "shops"
-        )
+        self.locales: frozenset[str] = frozenset(self._folders() - {"shops"})
+        """The languages some root has a folder for."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TemplateRenderer:
@@ -89,19 +84,6 @@ class TemplateRenderer:
         if settings.NOTIFICATION_TEMPLATES_DIR is not None:
             roots.insert(0, settings.NOTIFICATION_TEMPLATES_DIR)
         return cls(roots)
-
-    @property
-    def locales(self) -> frozenset[str]:
-        """The languages some root has a folder for."""
-        return self._locales
-
-    def clear_cache(self) -> None:
-        """Forget compiled templates and shop folders, to pick up edits on disk."""
-        self._envs.clear()
-        self._templates.clear()
-        self._flat_globals.clear()
-        self._shop_dirs.clear()
-        self._shop_sources.clear()
 
     def render(
         self,
@@ -127,17 +109,16 @@ class TemplateRenderer:
             scope = {**self._globals_of(template), **context}
             render = template.root_render_func(template.new_context(scope, shared=True))
             text = template.environment.concat(render)
-        except TemplateError as exc:
-            raise PermanentError(f"{self._label(kind, part, locale, shop_id)}: {exc}") from exc
         except Exception as exc:
             # Shop-written templates can fail in any way (1/0, bad filter argument); the
             # same data would fail again, so the error is permanent, not a daemon crash.
-            raise PermanentError(
-                f"{self._label(kind, part, locale, shop_id)}: {type(exc).__name__}: {exc}"
-            ) from exc
+            why = exc if isinstance(exc, TemplateError) else f"{type(exc).__name__}: {exc}"
+            label = self._label(f"{kind}/{part}", locale, shop_id)
+            raise PermanentError(f"{label}: {why}") from exc
         text = text.strip()
         if not text:
-            raise PermanentError(f"{self._label(kind, part, locale, shop_id)} rendered empty")
+            label = self._label(f"{kind}/{part}", locale, shop_id)
+            raise PermanentError(f"{label} rendered empty")
         return text
 
     def _globals_of(self, template: Template) -> dict[str, Any]:
@@ -151,32 +132,21 @@ class TemplateRenderer:
     ) -> Template:
         """The compiled template for ``<kind>/<part>``, from the cache after the first call."""
         shop = shop_id if shop_id and self._has_shop_dir(shop_id) else None
-        lang = locale if locale in self._locales else DEFAULT_LOCALE
+        lang = locale if locale in self.locales else DEFAULT_LOCALE
         key = (shop, lang, kind, part)
         cached = self._templates.get(key)
         if cached is not None:
             return cached
         if not (_SAFE_SEGMENT.match(kind) and _SAFE_SEGMENT.match(part.replace(".", "_"))):
             raise PermanentError(f"invalid template name {kind!r}/{part!r}")
-        label = self._label(kind, part, lang, shop)
-        template = self._compile(self._env(shop, lang), f"{kind}/{part}", label)
+        template = self.compile_file(f"{kind}/{part}", locale=lang, shop_id=shop)
         self._templates[key] = template
         return template
 
     @property
     def kinds(self) -> tuple[str, ...]:
         """The kinds the default locale has a folder for, in any root."""
-        return tuple(
-            sorted(
-                {
-                    child.name
-                    for root in self.roots
-                    if (root / DEFAULT_LOCALE).is_dir()
-                    for child in (root / DEFAULT_LOCALE).iterdir()
-                    if child.is_dir()
-                }
-            )
-        )
+        return tuple(sorted(self._folders(DEFAULT_LOCALE)))
 
     def compile_all(
         self,
@@ -198,13 +168,11 @@ class TemplateRenderer:
             kind: tuple(self.channels_of(kind) if channels is None else channels) for kind in kinds
         }
         done = []
-        for shop in shop_ids:
-            for lang in sorted(self._locales):
-                for kind in kinds:
-                    for channel in wanted[kind]:
-                        for part in PARTS[channel]:
-                            self.template(kind, part, locale=lang, shop_id=shop)
-                            done.append(self._label(kind, part, lang, shop))
+        for shop, lang, kind in itertools.product(shop_ids, sorted(self.locales), kinds):
+            for channel in wanted[kind]:
+                for part in PARTS[channel]:
+                    self.template(kind, part, locale=lang, shop_id=shop)
+                    done.append(self._label(f"{kind}/{part}", lang, shop))
         return done
 
     def channels_of(self, kind: str) -> list[str]:
@@ -229,7 +197,7 @@ class TemplateRenderer:
         """
         if not shop_id or not self._has_shop_dir(shop_id):
             return None
-        lang = locale if locale in self._locales else DEFAULT_LOCALE
+        lang = locale if locale in self.locales else DEFAULT_LOCALE
         key = (shop_id, lang, kind, part)
         if key in self._shop_sources:
             return self._shop_sources[key]
@@ -269,25 +237,24 @@ class TemplateRenderer:
                     ]
                 else:
                     todo.append(ref)
-        source = None
-        if files:
-            source = ShopSource(
-                self._label(kind, part, lang, shop_id), shop_id, tuple(dict.fromkeys(files))
-            )
+        label = self._label(f"{kind}/{part}", lang, shop_id)
+        source = ShopSource(label, shop_id, tuple(dict.fromkeys(files))) if files else None
         self._shop_sources[key] = source
         return source
 
     def shop_ids(self) -> list[str]:
         """The shops that have a folder of templates in some root."""
-        return sorted(
-            {
-                child.name
-                for root in self.roots
-                if (root / "shops").is_dir()
-                for child in (root / "shops").iterdir()
-                if child.is_dir()
-            }
-        )
+        return sorted(self._folders("shops"))
+
+    def _folders(self, *under: str) -> set[str]:
+        """The names of the folders in ``under`` (a path below the roots), in any root."""
+        return {
+            child.name
+            for folder in (root.joinpath(*under) for root in self.roots)
+            if folder.is_dir()
+            for child in folder.iterdir()
+            if child.is_dir()
+        }
 
     def shop_files(self, shop_id: str) -> list[tuple[str, str, Path]]:
         """A shop's own files: (locale, template name, path), for ``pgnotify check``."""
@@ -308,14 +275,10 @@ class TemplateRenderer:
         Raises ``PermanentError`` naming it when it is missing or does not compile.
         """
         shop = shop_id if shop_id and self._has_shop_dir(shop_id) else None
-        lang = locale if locale in self._locales else DEFAULT_LOCALE
-        label = f"template {name} ({lang}, shop {shop})" if shop else f"template {name} ({lang})"
-        return self._compile(self._env(shop, lang), name, label)
-
-    @staticmethod
-    def _compile(env: Environment, name: str, label: str) -> Template:
+        lang = locale if locale in self.locales else DEFAULT_LOCALE
+        label = self._label(name, lang, shop)
         try:
-            return env.get_template(name)
+            return self._env(shop, lang).get_template(name)
         except TemplateNotFound as exc:
             raise PermanentError(f"{label}: template {exc.name} not found") from exc
         except TemplateSyntaxError as exc:
@@ -363,6 +326,6 @@ class TemplateRenderer:
         return env
 
     @staticmethod
-    def _label(kind: str, part: str, locale: str, shop: str | None) -> str:
+    def _label(name: str, locale: str, shop: str | None) -> str:
         where = f"{locale}, shop {shop}" if shop else locale
-        return f"template {kind}/{part} ({where})"
+        return f"template {name} ({where})"
