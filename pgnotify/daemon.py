@@ -38,11 +38,12 @@ from pgnotify.migrate import MigrationError, discover
 from pgnotify.model import Catalog
 from pgnotify.outcome import backoff
 from pgnotify.runtime import Runtime, Shared
-from pgnotify.scheduler import Scheduler
+from pgnotify.scheduler import schedule
 from pgnotify.settings import Settings
 from pgnotify.systemd import SystemdNotifier
 from pgnotify.templates import TemplateRenderer
 from pgnotify.text import describe_error
+from pgnotify.wakeup import wait_event
 from pgnotify.worker import SETTLE_TIMEOUT, STOP_RECORD_GRACE, Worker
 
 
@@ -176,9 +177,7 @@ class Daemon:
                 error = describe_error(exc)
                 self.log.warning("database_unavailable", error=error, retry_in=round(delay, 2))
                 self.notifier.status(f"waiting for the database: {error[:200]}")
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await stopping.wait()
+                await wait_event(stopping, delay)
                 continue
             if stopping.is_set():  # the stop came while connecting: start nothing
                 pool.terminate()
@@ -207,9 +206,7 @@ class Daemon:
             with contextlib.suppress(*DB_ERRORS):
                 value = await rt.pool.fetchval(queries.NOTIFICATION_QUEUE_USAGE)
                 self._queue_usage = float(value)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(15):
-                    await rt.stopping.wait()
+            await wait_event(rt.stopping, 15)
 
     async def run(self, *, install_signals: bool = True) -> int:
         """Run until ``stop()`` or a signal; returns the exit code."""
@@ -299,16 +296,14 @@ class Daemon:
         s = self.settings
         listener = asyncio.create_task(self.listener.run(), name="listener")
         # READY=1 once listening (or after a few seconds: the poll covers a slow LISTEN).
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10):
-                await self.listener.up.wait()
+        await wait_event(self.listener.up, 10)
         workers = [
             asyncio.create_task(Worker(rt, i).run(), name=f"worker-{i}")
             for i in range(s.NOTIFICATION_WORKERS)
         ]
         background = [
             listener,
-            asyncio.create_task(Scheduler(rt).run(), name="scheduler"),
+            asyncio.create_task(schedule(rt), name="scheduler"),
             asyncio.create_task(rescue_leases(rt), name="lease-rescuer"),
             asyncio.create_task(purge_retention(rt), name="retention"),
             asyncio.create_task(watchdog(rt, self.notifier), name="watchdog"),

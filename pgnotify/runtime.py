@@ -8,7 +8,6 @@ meets a missing pool.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -30,7 +29,6 @@ class Stats:
     last_claim_at: float | None = None
     # When a claim last found work (the adaptive poll's signal when NOTIFY is off).
     last_work_at: float | None = None
-    last_db_ok_at: float | None = None
     db_ok: bool = False
 
 
@@ -90,7 +88,6 @@ class Runtime:
 
     def db_ok(self) -> None:
         self.stats.db_ok = True
-        self.stats.last_db_ok_at = time.time()
 
     def db_failed(self) -> None:
         self.stats.db_ok = False

@@ -17,7 +17,6 @@ message whose outcome is lost would be sent again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from pgnotify.outcome import Outcome, backoff, decide
 from pgnotify.runtime import Runtime
 from pgnotify.settings import Settings
 from pgnotify.text import describe_error
-from pgnotify.wakeup import Doorbell
+from pgnotify.wakeup import wait_event
 
 # At shutdown, how long outcomes may still try to reach an unreachable database.
 STOP_RECORD_GRACE = 5.0
@@ -202,9 +201,7 @@ class Worker:
                     await self.process(batch)
                 finally:
                     rt.stats.in_flight -= len(batch)
-            elif not taken and not await Doorbell.wait(
-                token, rt.settings.NOTIFICATION_POLL_INTERVAL
-            ):
+            elif not taken and not await wait_event(token, rt.settings.NOTIFICATION_POLL_INTERVAL):
                 inapp_idle = leased_idle = None  # the worker's own poll: look at both again
 
     async def _db_trouble(self, event: str, exc: BaseException) -> None:
@@ -212,9 +209,7 @@ class Worker:
         self._db_failures += 1
         delay = backoff(self._db_failures, 0.1, 5.0)
         self.log.warning(event, error=describe_error(exc), retry_in=round(delay, 2))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await self.rt.stopping.wait()
+        await wait_event(self.rt.stopping, delay)
 
     def _db_fine(self) -> None:
         """A claim or an in-app transaction went through: the database answers."""
