@@ -1,13 +1,8 @@
 """The database edge: psycopg for the CLI and migrations, asyncpg for the daemon.
 
-It owns how connections are made (the daemon's pool, the CLI's connections), which
-errors mean "the database is away" (``DB_ERRORS``) and which mean "this configuration
-cannot work" (``DB_CONFIGURATION_ERRORS``), what a ``DATABASE_URL`` must be
-(``dsn_problem``), where it points (``describe_dsn``) and which of its parts are secret
-(``dsn_secrets``). Connection failures become ``DatabaseUnavailable`` with a one-line
-message naming the host, never a traceback, and never the password. The error itself is
-described by ``text.describe_error``, the one description (and redaction) of every
-error pgnotify shows.
+Connection failures become ``DatabaseUnavailable`` with a one-line message naming the
+host, never a traceback, and never the password; the error itself is described by
+``text.describe_error``, the one description (and redaction) of every error pgnotify shows.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from pgnotify.db import DB_ERRORS
 from pgnotify.logs import get_logger
 from pgnotify.outcome import backoff
 from pgnotify.text import describe_error
+from pgnotify.wakeup import wait_event
 
 CHANNEL = "pgnotify"
 MAX_BACKOFF = 30.0
@@ -115,12 +116,7 @@ class Listener:
 
     async def _watch(self, conn: asyncpg.Connection) -> str:
         while True:
-            lost = asyncio.ensure_future(self._lost.wait())
-            try:
-                done, _ = await asyncio.wait({lost}, timeout=self.probe_interval)
-            finally:
-                lost.cancel()
-            if done or conn.is_closed():
+            if await wait_event(self._lost, self.probe_interval) or conn.is_closed():
                 return "connection terminated"
             reason = await self._probe(conn)
             if reason is not None:

@@ -4,11 +4,9 @@ record the outcomes; repeat.
 Each step is one round trip for the whole batch and returns its values. In-app rows are a
 database write: ``deliver_inapp`` locks them, composes them and writes their outcomes with
 their inbox messages (``pgnotify.inbox``), in one transaction. The others leave the process, so
-they are claimed under a lease: ``claim`` the claimed rows, ``Composer.acompose_batch`` a
-message (or the error it ended with) per row, ``deliver`` the sends in flight,
-``Delivery.settle`` what finished, ``observe_pauses`` each row's channel pause,
-``decide_outcomes`` each row's next state (pure), ``record`` what landed. A worker that
-finds nothing waits for the scheduler's doorbell. Database errors never kill a worker: it
+they are claimed under a lease (``claim``), then composed, sent (``deliver``), decided
+(``decide_outcomes``, pure) and recorded (``record``). A worker that finds nothing waits
+for the scheduler's doorbell. Database errors never kill a worker: it
 backs off and goes on, and the outcomes of leased rows it could not record are retried
 until they land (or the daemon stops and the lease gives the rows back), because a sent
 message whose outcome is lost would be sent again.
@@ -48,7 +46,8 @@ Conn = asyncpg.Connection | PoolConnectionProxy
 
 
 def to_claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
-    """The claim's rows as values; siblings get the context sent with the first of them.
+    """The claim's rows (its columns are ``ClaimedNotification``'s fields) as values;
+    siblings get the context sent with the first of them.
 
     This is the one place the per-booking context fans out: the claim sends each booking's
     context once per batch, and every notification of that booking shares the same dict.
@@ -60,24 +59,9 @@ def to_claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
     }
     batch = []
     for row in rows:
-        context = contexts.get((row["booking_id"], row["payment_id"]))
-        batch.append(
-            ClaimedNotification(
-                id=row["id"],
-                kind=row["kind"],
-                channel=row["channel"],
-                recipient=row["recipient"],
-                customer_id=row["customer_id"],
-                booking_id=row["booking_id"],
-                payment_id=row["payment_id"],
-                attempts=row["attempts"],
-                run_at=row["run_at"],
-                context=context,
-                stale_reason=row["stale_reason"],
-                ics_sequence=row["ics_sequence"],
-                audience=row["audience"],
-            )
-        )
+        fields = dict(row)
+        fields["context"] = contexts.get((row["booking_id"], row["payment_id"]))
+        batch.append(ClaimedNotification(**fields))
     return batch
 
 
