@@ -97,6 +97,7 @@ class Daemon:
         self.notifier = SystemdNotifier()
         self.health: HealthServer | None = None
         self.started_at = time.time()
+        self._queue_usage: float | None = None  # pg_notification_queue_usage(), every 15 s
         self.exit_code = 0
         self._signals = 0
         # Set by a second signal: end the graceful wait now (what finished is still
@@ -127,8 +128,6 @@ class Daemon:
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 
-    _queue_usage: float | None = None
-
     # -- lifecycle ----------------------------------------------------------------------
     def _on_signal(self, signame: str) -> None:
         self._signals += 1
@@ -153,11 +152,9 @@ class Daemon:
         """The pool and the catalog, once the database answers; None if the start ends here.
 
         A database that does not answer is waited for, with backoff. What no wait can fix
-        ends the start with exit 2 and one critical line (``_cannot_start``): a database
-        without the schema or with pending migrations (``pgnotify migrate`` runs before
-        the daemon, not beside it), a password, role or privilege the server refuses. A
-        stop that arrives meanwhile, even while the pool is being created, ends the start
-        before any loop runs.
+        (``_why_start_fails``: ``pgnotify migrate`` runs before the daemon, not beside it)
+        ends the start with exit 2 and one critical line. A stop that arrives meanwhile,
+        even while the pool is being created, ends the start before any loop runs.
         """
         failures = 0
         stopping = self.shared.stopping

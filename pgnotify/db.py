@@ -115,11 +115,10 @@ def describe_dsn(dsn: str) -> str:
     return redact(f"{user + '@' if user else ''}{host}:{port}/{db}", dsn_secrets(dsn))
 
 
-def check_dsn(dsn: str, name: str = "DATABASE_URL") -> None:
-    """Reject a URL libpq cannot use (``dsn_problem``), naming the variable ``name``."""
-    problem = dsn_problem(dsn)
-    if problem:
-        raise DatabaseUnavailable(f"{name} {problem}")
+def check_dsn(dsn: str) -> None:
+    """Reject a ``DATABASE_URL`` libpq cannot use (``dsn_problem``)."""
+    if problem := dsn_problem(dsn):
+        raise DatabaseUnavailable(f"DATABASE_URL {problem}")
 
 
 def connect_sync(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:

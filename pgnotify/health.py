@@ -81,8 +81,7 @@ class HealthServer:
             raise SettingsError(
                 f"NOTIFICATION_HEALTH_ADDR: cannot listen on {self.host}:{self.port}: {reason}"
             ) from None
-        sock = self._server.sockets[0]
-        self.port = int(sock.getsockname()[1])
+        self.port = int(self._server.sockets[0].getsockname()[1])  # the one bound, if 0
 
     async def close(self) -> None:
         if self._server is not None:

@@ -40,7 +40,7 @@ class Shared:
     pauses: ChannelPauses = field(default_factory=ChannelPauses)
     # Rung by the scheduler when workers should look for due rows.
     work: Doorbell = field(default_factory=Doorbell)
-    # Rung by the listener (NOTIFY) and by workers when the schedule may have changed.
+    # Rung by the listener (NOTIFY), and at a stop, when the schedule may have changed.
     changed: Doorbell = field(default_factory=Doorbell)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Rows whose outcome is decided but not yet recorded (the database is away): the

@@ -6,9 +6,8 @@ safety net should a NOTIFY ever be lost). The due time is re-read on every wake-
 NOTIFY payload carries nothing.
 
 When the operator turned the wake-up NOTIFY off (``pgnotify.settings.wakeup_notify``, read
-with the due time on every wake-up), nothing announces new rows, so the scheduler polls:
-every ``MIN_POLL`` while the workers find work, doubling up to the poll interval while
-they find none (``next_poll``).
+with the due time on every wake-up), nothing announces new rows, so the scheduler polls,
+faster while the workers find work (``next_poll``).
 """
 
 from __future__ import annotations

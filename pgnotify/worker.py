@@ -2,14 +2,12 @@
 record the outcomes; repeat.
 
 Each step is one round trip for the whole batch and returns its values. In-app rows are a
-database write: ``deliver_inapp`` locks them, composes them and writes their outcomes with
-their inbox messages (``pgnotify.inbox``), in one transaction. The others leave the process, so
-they are claimed under a lease (``claim``), then composed, sent (``deliver``), decided
-(``decide_outcomes``, pure) and recorded (``record``). A worker that finds nothing waits
-for the scheduler's doorbell. Database errors never kill a worker: it
-backs off and goes on, and the outcomes of leased rows it could not record are retried
-until they land (or the daemon stops and the lease gives the rows back), because a sent
-message whose outcome is lost would be sent again.
+database write, done in one transaction (``deliver_inapp``, ``pgnotify.inbox``); the others
+leave the process, so they are claimed under a lease. A worker that finds nothing waits for
+the scheduler's doorbell. Database errors never kill a worker: it backs off and goes on,
+and the outcomes of leased rows it could not record are retried until they land (or the
+daemon stops and the lease gives the rows back), because a sent message whose outcome is
+lost would be sent again.
 """
 
 from __future__ import annotations
@@ -144,7 +142,6 @@ class _LockDataError(Exception):
 class Worker:
     def __init__(self, rt: Runtime, index: int) -> None:
         self.rt = rt
-        self.index = index
         self.log = get_logger(component="worker", worker=index)
         self._db_failures = 0
         self.lock_inapp = queries.lock_inapp(rt.settings.NOTIFICATION_BATCH_SIZE)
@@ -248,8 +245,7 @@ class Worker:
                     try:
                         composed = await rt.composer.acompose_batch(batch)
                         results, messages = inapp_results(batch, composed)
-                        pauses = self.observe_pauses(batch, results)
-                        outcomes = decide_outcomes(batch, results, pauses, rt.settings)
+                        outcomes = self.outcomes_of(batch, results)
                         written = await finish_inapp(conn, rt.daemon_id, batch, outcomes, messages)
                     finally:
                         rt.stats.in_flight -= len(batch)
@@ -322,13 +318,8 @@ class Worker:
 
     async def claim(self) -> list[ClaimedNotification]:
         """Claim a batch of due rows to send under a lease; a row whose data fails the
-        claim fails alone.
-
-        The claims compute nothing that one row's data can overflow, but should a data
-        error (SQLSTATE class 22) escape one anyway, the batch is taken again one row at
-        a time and the row that raised it becomes a dead letter with the error, so it can
-        never stop every other row from being sent.
-        """
+        claim (a data error, SQLSTATE class 22) fails alone (``_one_by_one``), so it can
+        never stop every other row from being sent."""
         rt = self.rt
         s = rt.settings
         paused = rt.pauses.paused()
@@ -386,10 +377,9 @@ class Worker:
     async def finish(
         self, batch: Sequence[ClaimedNotification], delivery: Delivery, started: float
     ) -> None:
-        """Settle the deliveries, account pauses, decide and record the outcomes."""
+        """Settle the deliveries, decide and record the outcomes."""
         results = await delivery.settle()
-        pauses = self.observe_pauses(batch, results)
-        outcomes = decide_outcomes(batch, results, pauses, self.rt.settings)
+        outcomes = self.outcomes_of(batch, results)
         if outcomes:
             await self.record(batch, outcomes, started)
 
@@ -418,16 +408,17 @@ class Worker:
         async with asyncio.timeout(self.rt.settings.NOTIFICATION_SEND_TIMEOUT + 5):
             return await channel.send(message)
 
-    def observe_pauses(
+    def outcomes_of(
         self, batch: Sequence[ClaimedNotification], results: Mapping[int, Receipt | BaseException]
-    ) -> dict[int, float]:
-        """Account every result in the channel pauses; returns each row's pause in seconds."""
+    ) -> list[Outcome]:
+        """Account every result in the channel pauses, then decide each row's next state."""
         pauses = self.rt.pauses
-        return {
+        paused = {
             n.id: pauses.observe(n.channel, result)
             for n in batch
             if (result := results.get(n.id)) is not None
         }
+        return decide_outcomes(batch, results, paused, self.rt.settings)
 
     async def record(
         self,
