@@ -248,7 +248,7 @@ class Daemon:
             rt = self.rt = Runtime(
                 s, self.daemon_id, pool, self.composer, self.channels, self.shared
             )
-            rt.db_ok()
+            rt.stats.db_ok = True
             tasks = await self._start_tasks(rt)
             await self._supervise(tasks)
             await self._shutdown(rt, tasks)

@@ -60,18 +60,19 @@ _KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'?|\S+)
 _QUERY_PASSWORD = re.compile(r"[?&]password=([^&#]*)")
 
 
+def _userinfo(dsn: str) -> list[str]:
+    _, scheme, rest = dsn.partition("://")
+    return [rest.rpartition("@")[0]] if scheme else []
+
+
 def dsn_secrets(dsn: str) -> list[str]:
     """The password(s) of a URL or keyword string, found without parsing it with libpq.
 
     Works on strings libpq refuses, so their error messages can be redacted too. For a
     URL it is generous: everything between ``://`` and the last ``@`` is user-info.
     """
-    found: list[str] = []
-    _, scheme, rest = dsn.partition("://")
-    if scheme:
-        userinfo = rest.rpartition("@")[0]
-        found.append(userinfo.partition(":")[2])
-        found.extend(_QUERY_PASSWORD.findall(rest))
+    found = [userinfo.partition(":")[2] for userinfo in _userinfo(dsn)]
+    found += _QUERY_PASSWORD.findall(dsn.partition("://")[2])
     for value in _KEYWORD_PASSWORD.findall(dsn):
         if value.startswith("'"):
             value = re.sub(r"\\(.)", r"\1", value.strip("'"))
@@ -81,11 +82,6 @@ def dsn_secrets(dsn: str) -> list[str]:
 
 def _hide_quoted(match: re.Match[str]) -> str:
     return match.group(0) if len(match.group(1)) <= 1 else '"…"'
-
-
-def _userinfo(dsn: str) -> list[str]:
-    _, scheme, rest = dsn.partition("://")
-    return [rest.rpartition("@")[0]] if scheme else []
 
 
 def dsn_problem(dsn: str) -> str | None:

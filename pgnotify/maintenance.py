@@ -85,11 +85,11 @@ async def watchdog(rt: Runtime, notifier: SystemdNotifier) -> None:
         try:
             async with asyncio.timeout(timeout):
                 await rt.pool.fetchval(queries.PING)
-            rt.db_ok()
+            rt.stats.db_ok = True
             if notifier.watchdog_interval:
                 notifier.watchdog()
         except DB_ERRORS as exc:
-            rt.db_failed()
+            rt.stats.db_ok = False
             get_logger(component="watchdog").warning("db_unreachable", error=describe_error(exc))
         if await wait_event(rt.stopping, interval):
             return

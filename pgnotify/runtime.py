@@ -29,6 +29,7 @@ class Stats:
     last_claim_at: float | None = None
     # When a claim last found work (the adaptive poll's signal when NOTIFY is off).
     last_work_at: float | None = None
+    # The database answered when a loop last found out (health: pool_connected).
     db_ok: bool = False
 
 
@@ -85,9 +86,3 @@ class Runtime:
     @property
     def unrecorded(self) -> set[int]:
         return self.shared.unrecorded
-
-    def db_ok(self) -> None:
-        self.stats.db_ok = True
-
-    def db_failed(self) -> None:
-        self.stats.db_ok = False

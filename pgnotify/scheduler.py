@@ -73,7 +73,7 @@ async def schedule(rt: Runtime) -> None:
                 poll = next_poll(poll, found, interval)
                 wait = min(wait, poll)
         except DB_ERRORS as exc:
-            rt.db_failed()
+            rt.stats.db_ok = False
             log.warning("schedule_read_failed", error=describe_error(exc))
         with contextlib.suppress(Exception):
             await wait_event(token, wait)

@@ -44,8 +44,7 @@ Conn = asyncpg.Connection | PoolConnectionProxy
 
 
 def to_claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
-    """The claim's rows (its columns are ``ClaimedNotification``'s fields) as values;
-    siblings get the context sent with the first of them.
+    """The claim's rows as values; siblings get the context sent with the first of them.
 
     This is the one place the per-booking context fans out: the claim sends each booking's
     context once per batch, and every notification of that booking shares the same dict.
@@ -57,9 +56,24 @@ def to_claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
     }
     batch = []
     for row in rows:
-        fields = dict(row)
-        fields["context"] = contexts.get((row["booking_id"], row["payment_id"]))
-        batch.append(ClaimedNotification(**fields))
+        context = contexts.get((row["booking_id"], row["payment_id"]))
+        batch.append(
+            ClaimedNotification(
+                id=row["id"],
+                kind=row["kind"],
+                channel=row["channel"],
+                recipient=row["recipient"],
+                customer_id=row["customer_id"],
+                booking_id=row["booking_id"],
+                payment_id=row["payment_id"],
+                attempts=row["attempts"],
+                run_at=row["run_at"],
+                context=context,
+                stale_reason=row["stale_reason"],
+                ics_sequence=row["ics_sequence"],
+                audience=row["audience"],
+            )
+        )
     return batch
 
 
@@ -186,7 +200,7 @@ class Worker:
                 inapp_idle = leased_idle = None  # the worker's own poll: look at both again
 
     async def _db_trouble(self, event: str, exc: BaseException) -> None:
-        self.rt.db_failed()
+        self.rt.stats.db_ok = False
         self._db_failures += 1
         delay = backoff(self._db_failures, 0.1, 5.0)
         self.log.warning(event, error=describe_error(exc), retry_in=round(delay, 2))
@@ -194,7 +208,7 @@ class Worker:
 
     def _db_fine(self) -> None:
         """A claim or an in-app transaction went through: the database answers."""
-        self.rt.db_ok()
+        self.rt.stats.db_ok = True
         self._db_failures = 0
 
     def _claimed(self, rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
@@ -464,7 +478,7 @@ class Worker:
                         if o.opt_out:
                             await conn.execute(queries.RECORD_OPT_OUT, o.id, "sms", o.last_error)
                 recorded.update(int(r["id"]) for r in rows)
-                rt.db_ok()
+                rt.stats.db_ok = True
                 return
             except DB_ERRORS as exc:
                 failures += 1
@@ -478,7 +492,7 @@ class Worker:
                             note="rows return to pending when their lease expires",
                         )
                         return
-                rt.db_failed()
+                rt.stats.db_ok = False
                 delay = backoff(failures, 0.1, 5.0)
                 self.log.warning(
                     "record_failed",
