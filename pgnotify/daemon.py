@@ -38,11 +38,12 @@ from pgnotify.migrate import MigrationError, discover
 from pgnotify.model import Catalog
 from pgnotify.outcome import backoff
 from pgnotify.runtime import Runtime, Shared
-from pgnotify.scheduler import Scheduler
+from pgnotify.scheduler import schedule
 from pgnotify.settings import Settings
 from pgnotify.systemd import SystemdNotifier
 from pgnotify.templates import TemplateRenderer
 from pgnotify.text import describe_error
+from pgnotify.wakeup import wait_event
 from pgnotify.worker import SETTLE_TIMEOUT, STOP_RECORD_GRACE, Worker
 
 
@@ -96,6 +97,7 @@ class Daemon:
         self.notifier = SystemdNotifier()
         self.health: HealthServer | None = None
         self.started_at = time.time()
+        self._queue_usage: float | None = None  # pg_notification_queue_usage(), every 15 s
         self.exit_code = 0
         self._signals = 0
         # Set by a second signal: end the graceful wait now (what finished is still
@@ -126,8 +128,6 @@ class Daemon:
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 
-    _queue_usage: float | None = None
-
     # -- lifecycle ----------------------------------------------------------------------
     def _on_signal(self, signame: str) -> None:
         self._signals += 1
@@ -152,11 +152,9 @@ class Daemon:
         """The pool and the catalog, once the database answers; None if the start ends here.
 
         A database that does not answer is waited for, with backoff. What no wait can fix
-        ends the start with exit 2 and one critical line (``_cannot_start``): a database
-        without the schema or with pending migrations (``pgnotify migrate`` runs before
-        the daemon, not beside it), a password, role or privilege the server refuses. A
-        stop that arrives meanwhile, even while the pool is being created, ends the start
-        before any loop runs.
+        (``_why_start_fails``: ``pgnotify migrate`` runs before the daemon, not beside it)
+        ends the start with exit 2 and one critical line. A stop that arrives meanwhile,
+        even while the pool is being created, ends the start before any loop runs.
         """
         failures = 0
         stopping = self.shared.stopping
@@ -176,9 +174,7 @@ class Daemon:
                 error = describe_error(exc)
                 self.log.warning("database_unavailable", error=error, retry_in=round(delay, 2))
                 self.notifier.status(f"waiting for the database: {error[:200]}")
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await stopping.wait()
+                await wait_event(stopping, delay)
                 continue
             if stopping.is_set():  # the stop came while connecting: start nothing
                 pool.terminate()
@@ -207,9 +203,7 @@ class Daemon:
             with contextlib.suppress(*DB_ERRORS):
                 value = await rt.pool.fetchval(queries.NOTIFICATION_QUEUE_USAGE)
                 self._queue_usage = float(value)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(15):
-                    await rt.stopping.wait()
+            await wait_event(rt.stopping, 15)
 
     async def run(self, *, install_signals: bool = True) -> int:
         """Run until ``stop()`` or a signal; returns the exit code."""
@@ -254,7 +248,7 @@ class Daemon:
             rt = self.rt = Runtime(
                 s, self.daemon_id, pool, self.composer, self.channels, self.shared
             )
-            rt.db_ok()
+            rt.stats.db_ok = True
             tasks = await self._start_tasks(rt)
             await self._supervise(tasks)
             await self._shutdown(rt, tasks)
@@ -299,16 +293,14 @@ class Daemon:
         s = self.settings
         listener = asyncio.create_task(self.listener.run(), name="listener")
         # READY=1 once listening (or after a few seconds: the poll covers a slow LISTEN).
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10):
-                await self.listener.up.wait()
+        await wait_event(self.listener.up, 10)
         workers = [
             asyncio.create_task(Worker(rt, i).run(), name=f"worker-{i}")
             for i in range(s.NOTIFICATION_WORKERS)
         ]
         background = [
             listener,
-            asyncio.create_task(Scheduler(rt).run(), name="scheduler"),
+            asyncio.create_task(schedule(rt), name="scheduler"),
             asyncio.create_task(rescue_leases(rt), name="lease-rescuer"),
             asyncio.create_task(purge_retention(rt), name="retention"),
             asyncio.create_task(watchdog(rt, self.notifier), name="watchdog"),

@@ -1,13 +1,8 @@
 """The database edge: psycopg for the CLI and migrations, asyncpg for the daemon.
 
-It owns how connections are made (the daemon's pool, the CLI's connections), which
-errors mean "the database is away" (``DB_ERRORS``) and which mean "this configuration
-cannot work" (``DB_CONFIGURATION_ERRORS``), what a ``DATABASE_URL`` must be
-(``dsn_problem``), where it points (``describe_dsn``) and which of its parts are secret
-(``dsn_secrets``). Connection failures become ``DatabaseUnavailable`` with a one-line
-message naming the host, never a traceback, and never the password. The error itself is
-described by ``text.describe_error``, the one description (and redaction) of every
-error pgnotify shows.
+Connection failures become ``DatabaseUnavailable`` with a one-line message naming the
+host, never a traceback, and never the password; the error itself is described by
+``text.describe_error``, the one description (and redaction) of every error pgnotify shows.
 """
 
 from __future__ import annotations
@@ -65,18 +60,19 @@ _KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'?|\S+)
 _QUERY_PASSWORD = re.compile(r"[?&]password=([^&#]*)")
 
 
+def _userinfo(dsn: str) -> list[str]:
+    _, scheme, rest = dsn.partition("://")
+    return [rest.rpartition("@")[0]] if scheme else []
+
+
 def dsn_secrets(dsn: str) -> list[str]:
     """The password(s) of a URL or keyword string, found without parsing it with libpq.
 
     Works on strings libpq refuses, so their error messages can be redacted too. For a
     URL it is generous: everything between ``://`` and the last ``@`` is user-info.
     """
-    found: list[str] = []
-    _, scheme, rest = dsn.partition("://")
-    if scheme:
-        userinfo = rest.rpartition("@")[0]
-        found.append(userinfo.partition(":")[2])
-        found.extend(_QUERY_PASSWORD.findall(rest))
+    found = [userinfo.partition(":")[2] for userinfo in _userinfo(dsn)]
+    found += _QUERY_PASSWORD.findall(dsn.partition("://")[2])
     for value in _KEYWORD_PASSWORD.findall(dsn):
         if value.startswith("'"):
             value = re.sub(r"\\(.)", r"\1", value.strip("'"))
@@ -86,11 +82,6 @@ def dsn_secrets(dsn: str) -> list[str]:
 
 def _hide_quoted(match: re.Match[str]) -> str:
     return match.group(0) if len(match.group(1)) <= 1 else '"…"'
-
-
-def _userinfo(dsn: str) -> list[str]:
-    _, scheme, rest = dsn.partition("://")
-    return [rest.rpartition("@")[0]] if scheme else []
 
 
 def dsn_problem(dsn: str) -> str | None:
@@ -120,11 +111,10 @@ def describe_dsn(dsn: str) -> str:
     return redact(f"{user + '@' if user else ''}{host}:{port}/{db}", dsn_secrets(dsn))
 
 
-def check_dsn(dsn: str, name: str = "DATABASE_URL") -> None:
-    """Reject a URL libpq cannot use (``dsn_problem``), naming the variable ``name``."""
-    problem = dsn_problem(dsn)
-    if problem:
-        raise DatabaseUnavailable(f"{name} {problem}")
+def check_dsn(dsn: str) -> None:
+    """Reject a ``DATABASE_URL`` libpq cannot use (``dsn_problem``)."""
+    if problem := dsn_problem(dsn):
+        raise DatabaseUnavailable(f"DATABASE_URL {problem}")
 
 
 def connect_sync(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:

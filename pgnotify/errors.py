@@ -33,10 +33,6 @@ class DeliveryError(PgnotifyError):
         # last_error is one line: providers sometimes answer with multi-line text.
         super().__init__(one_line(str(message)) or self.__class__.__name__)
 
-    @property
-    def reason(self) -> str:
-        return str(self)
-
 
 class TransientError(DeliveryError):
     """Worth retrying later (timeouts, 4xx SMTP, 429/5xx HTTP)."""

@@ -14,17 +14,11 @@ import contextlib
 import json
 import re
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 from pgnotify.errors import SettingsError
 
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    503: "Service Unavailable",
-}
 MAX_LINE = 8192  # bytes of one request or header line (the stream reader's buffer limit)
 MAX_HEADERS = 100
 _DISCARD_BYTES = 1 << 20  # read at most this much of an oversized request before closing
@@ -36,12 +30,8 @@ class BadRequest(Exception):
 
 
 async def read_request(reader: asyncio.StreamReader) -> tuple[str, str] | None:
-    """The method and target of one request, its headers read and dropped.
-
-    ``None`` when the client closed before sending a line. Raises ``BadRequest`` for a
-    line over ``MAX_LINE`` (the reader's limit), more than ``MAX_HEADERS`` header lines,
-    a request line that is not ``METHOD target HTTP/x.y``, or a header line cut short.
-    """
+    """The method and target of one request, its headers read and dropped; ``None`` when
+    the client closed before sending a line, ``BadRequest`` for what the module refuses."""
     try:
         line = await reader.readline()
         if not line:
@@ -63,7 +53,7 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[str, str] | None:
 def http_response(status: int, body: dict[str, Any]) -> bytes:
     payload = json.dumps(body, default=str).encode()
     head = (
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\n"
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(payload)}\r\n"
         "Cache-Control: no-store\r\n"
@@ -91,8 +81,7 @@ class HealthServer:
             raise SettingsError(
                 f"NOTIFICATION_HEALTH_ADDR: cannot listen on {self.host}:{self.port}: {reason}"
             ) from None
-        sock = self._server.sockets[0]
-        self.port = int(sock.getsockname()[1])
+        self.port = int(self._server.sockets[0].getsockname()[1])  # the one bound, if 0
 
     async def close(self) -> None:
         if self._server is not None:

@@ -13,54 +13,41 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from pgnotify import queries
-from pgnotify.channels.sms import InboundSms, TwilioChannel
+from pgnotify.channels.sms import TwilioChannel
 from pgnotify.db import DB_ERRORS
 from pgnotify.errors import DeliveryError
 from pgnotify.logs import get_logger
-from pgnotify.maintenance import _sleep_or_stop as sleep_or_stop  # one way to wait
 from pgnotify.runtime import Runtime
 from pgnotify.text import describe_error
+from pgnotify.wakeup import wait_event
 
 RESUME_OVERLAP = timedelta(minutes=5)
 FIRST_LOOKBACK = timedelta(days=1)
 """On a first poll (no reply held yet), how far back to look."""
-
-
-def resume_from(newest: datetime) -> datetime:
-    """The ``date_sent_after`` of the next fetch, given the newest reply held."""
-    return newest - RESUME_OVERLAP
-
-
-def insert_arguments(
-    messages: list[InboundSms],
-) -> tuple[list[str], list[str], list[str | None], list[str], list[datetime | None]]:
-    """The columns of ``queries.INSERT_INBOUND``, one list each."""
-    return (
-        [m.sid for m in messages],
-        [m.from_address for m in messages],
-        [m.to_address for m in messages],
-        [m.body for m in messages],
-        [m.sent_at for m in messages],
-    )
+_POLL_ERRORS: tuple[type[BaseException], ...] = (DeliveryError, *DB_ERRORS)
 
 
 async def poll_inbound(rt: Runtime, channel: TwilioChannel) -> None:
     """Every ``NOTIFICATION_INBOUND_POLL`` seconds, fetch and insert new replies."""
     log = get_logger(component="inbound_poller")
     interval = rt.settings.NOTIFICATION_INBOUND_POLL
-    while not await sleep_or_stop(rt, interval):
+    while not await wait_event(rt.stopping, interval):
         try:
             newest = await rt.pool.fetchval(
                 queries.INBOUND_RESUME, datetime.now(UTC) - FIRST_LOOKBACK
             )
-            messages = await channel.list_inbound(resume_from(newest))
+            messages = await channel.list_inbound(newest - RESUME_OVERLAP)
             if not messages:
                 continue
-            rows = await rt.pool.fetch(queries.INSERT_INBOUND, *insert_arguments(messages))
-        except DeliveryError as exc:
-            log.warning("inbound_poll_failed", error=describe_error(exc))
-            continue
-        except DB_ERRORS as exc:
+            rows = await rt.pool.fetch(
+                queries.INSERT_INBOUND,
+                [m.sid for m in messages],
+                [m.from_address for m in messages],
+                [m.to_address for m in messages],
+                [m.body for m in messages],
+                [m.sent_at for m in messages],
+            )
+        except _POLL_ERRORS as exc:
             log.warning("inbound_poll_failed", error=describe_error(exc))
             continue
         if rows:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,8 +22,10 @@ from pgnotify.db import DB_ERRORS
 from pgnotify.logs import get_logger
 from pgnotify.outcome import backoff
 from pgnotify.text import describe_error
+from pgnotify.wakeup import wait_event
 
 CHANNEL = "pgnotify"
+MAX_BACKOFF = 30.0
 
 
 class Listener:
@@ -36,23 +37,19 @@ class Listener:
         probe_interval: float = 5.0,
         probe_timeout: float = 3.0,
         connect_timeout: float = 10.0,
-        max_backoff: float = 30.0,
     ) -> None:
         self._dsn = dsn
         self._on_wake = on_wake
         self.probe_interval = probe_interval
         self.probe_timeout = probe_timeout
         self.connect_timeout = connect_timeout
-        self.max_backoff = max_backoff
         self.connected = False
         self.up = asyncio.Event()
-        self.last_notify_at: float | None = None
         self._conn: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
         self._log = get_logger(component="listener")
 
     def _notified(self, *_: Any) -> None:
-        self.last_notify_at = time.time()
         self._on_wake()
 
     def _terminated(self, *_: Any) -> None:
@@ -95,7 +92,7 @@ class Listener:
                 conn = await self._connect()
             except DB_ERRORS as exc:
                 failures += 1
-                delay = backoff(failures, 0.2, self.max_backoff)
+                delay = backoff(failures, 0.2, MAX_BACKOFF)
                 self._log.warning(
                     "listener_connect_failed",
                     error=describe_error(exc),
@@ -115,16 +112,11 @@ class Listener:
             conn.terminate()
             self._conn = None
             failures = 1
-            await asyncio.sleep(backoff(failures, 0.1, self.max_backoff))
+            await asyncio.sleep(backoff(failures, 0.1, MAX_BACKOFF))
 
     async def _watch(self, conn: asyncpg.Connection) -> str:
         while True:
-            lost = asyncio.ensure_future(self._lost.wait())
-            try:
-                done, _ = await asyncio.wait({lost}, timeout=self.probe_interval)
-            finally:
-                lost.cancel()
-            if done or conn.is_closed():
+            if await wait_event(self._lost, self.probe_interval) or conn.is_closed():
                 return "connection terminated"
             reason = await self._probe(conn)
             if reason is not None:

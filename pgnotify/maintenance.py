@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from pgnotify import queries
 from pgnotify.db import DB_ERRORS
@@ -18,18 +17,11 @@ from pgnotify.logs import get_logger
 from pgnotify.runtime import Runtime
 from pgnotify.systemd import SystemdNotifier
 from pgnotify.text import describe_error
+from pgnotify.wakeup import wait_event
 
 PURGE_BATCH = 5000
 PURGE_FIRST_DELAY = 60.0
 PURGE_RETRY_DELAY = 300.0
-
-
-async def _sleep_or_stop(rt: Runtime, seconds: float) -> bool:
-    """Sleep; True if the daemon is stopping."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await rt.stopping.wait()
-    return rt.stopping.is_set()
 
 
 def rescue_interval(lease_seconds: float) -> float:
@@ -40,7 +32,7 @@ def rescue_interval(lease_seconds: float) -> float:
 async def rescue_leases(rt: Runtime) -> None:
     log = get_logger(component="lease_rescuer")
     interval = rescue_interval(rt.settings.NOTIFICATION_LEASE_SECONDS)
-    while not await _sleep_or_stop(rt, interval):
+    while not await wait_event(rt.stopping, interval):
         try:
             rows = await rt.pool.fetch(
                 queries.RESCUE_EXPIRED_LEASES,
@@ -61,7 +53,7 @@ async def purge_retention(rt: Runtime) -> None:
     # The first run comes shortly after the start (not a full interval later), so a
     # daemon restarted more often than the interval still purges.
     delay = min(PURGE_FIRST_DELAY, interval)
-    while not await _sleep_or_stop(rt, delay):
+    while not await wait_event(rt.stopping, delay):
         delay = interval
         total = inbox = 0
         try:
@@ -93,11 +85,11 @@ async def watchdog(rt: Runtime, notifier: SystemdNotifier) -> None:
         try:
             async with asyncio.timeout(timeout):
                 await rt.pool.fetchval(queries.PING)
-            rt.db_ok()
+            rt.stats.db_ok = True
             if notifier.watchdog_interval:
                 notifier.watchdog()
         except DB_ERRORS as exc:
-            rt.db_failed()
+            rt.stats.db_ok = False
             get_logger(component="watchdog").warning("db_unreachable", error=describe_error(exc))
-        if await _sleep_or_stop(rt, interval):
+        if await wait_event(rt.stopping, interval):
             return

@@ -38,9 +38,9 @@ class Outcome:
     opt_out: bool = False
 
 
-def jittered(seconds: float, rng: random.Random | None = None, jitter: float = JITTER) -> float:
-    """``seconds`` ± ``jitter`` (10 %), so retries of a burst do not return as a burst."""
-    r = (rng or random).uniform(-jitter, jitter)
+def jittered(seconds: float, rng: random.Random | None = None) -> float:
+    """``seconds`` ± ``JITTER`` (10 %), so retries of a burst do not return as a burst."""
+    r = (rng or random).uniform(-JITTER, JITTER)
     return max(0.0, seconds * (1.0 + r))
 
 
@@ -86,7 +86,7 @@ def decide(
     if isinstance(result, Receipt):
         return Outcome(notification_id, "sent", provider_id=result.provider_id)
     error = classify(result)
-    reason = one_line(error.reason)
+    reason = one_line(str(error))
     if isinstance(error, SkipNotification):
         return Outcome(notification_id, "skipped", last_error=reason)
     if isinstance(error, PermanentError):

@@ -48,11 +48,8 @@ class ChannelPauses:
         if isinstance(result, ConfigurationError):
             return self.pause(channel, one_line(str(result)))
         if isinstance(result, Receipt):
-            self.succeeded(channel)
+            self._states.pop(channel, None)
         return 0.0
-
-    def succeeded(self, channel: str) -> None:
-        self._states.pop(channel, None)
 
     def paused(self) -> list[str]:
         now = self.clock()

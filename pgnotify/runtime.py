@@ -8,7 +8,6 @@ meets a missing pool.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -30,7 +29,7 @@ class Stats:
     last_claim_at: float | None = None
     # When a claim last found work (the adaptive poll's signal when NOTIFY is off).
     last_work_at: float | None = None
-    last_db_ok_at: float | None = None
+    # The database answered when a loop last found out (health: pool_connected).
     db_ok: bool = False
 
 
@@ -42,7 +41,7 @@ class Shared:
     pauses: ChannelPauses = field(default_factory=ChannelPauses)
     # Rung by the scheduler when workers should look for due rows.
     work: Doorbell = field(default_factory=Doorbell)
-    # Rung by the listener (NOTIFY) and by workers when the schedule may have changed.
+    # Rung by the listener (NOTIFY), and at a stop, when the schedule may have changed.
     changed: Doorbell = field(default_factory=Doorbell)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Rows whose outcome is decided but not yet recorded (the database is away): the
@@ -87,10 +86,3 @@ class Runtime:
     @property
     def unrecorded(self) -> set[int]:
         return self.shared.unrecorded
-
-    def db_ok(self) -> None:
-        self.stats.db_ok = True
-        self.stats.last_db_ok_at = time.time()
-
-    def db_failed(self) -> None:
-        self.stats.db_ok = False

@@ -6,9 +6,8 @@ safety net should a NOTIFY ever be lost). The due time is re-read on every wake-
 NOTIFY payload carries nothing.
 
 When the operator turned the wake-up NOTIFY off (``pgnotify.settings.wakeup_notify``, read
-with the due time on every wake-up), nothing announces new rows, so the scheduler polls:
-every ``MIN_POLL`` while the workers find work, doubling up to the poll interval while
-they find none (``next_poll``).
+with the due time on every wake-up), nothing announces new rows, so the scheduler polls,
+faster while the workers find work (``next_poll``).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from pgnotify.db import DB_ERRORS
 from pgnotify.logs import get_logger
 from pgnotify.runtime import Runtime
 from pgnotify.text import describe_error
-from pgnotify.wakeup import Doorbell
+from pgnotify.wakeup import wait_event
 
 # When due rows exist but the workers found none free (another daemon is claiming them,
 # or a transaction holds their locks), look again soon rather than at the next poll.
@@ -49,38 +48,32 @@ def next_poll(previous: float | None, found_work: bool, poll_interval: float) ->
     return min(previous * 2, poll_interval)
 
 
-class Scheduler:
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.log = get_logger(component="scheduler")
-
-    async def run(self) -> None:
-        rt = self.rt
-        poll: float | None = None  # the adaptive poll's last wait, while wake-ups are off
-        rung_at = 0.0
-        while not rt.stopping.is_set():
-            token = rt.changed.token()
-            # Did a worker find work since the last ring? (They loop on their own meanwhile.)
-            found = (rt.stats.last_work_at or 0.0) >= rung_at
-            rung_at = time.time()
-            rt.work.ring()
-            wait = DB_RETRY
-            try:
-                row = await rt.pool.fetchrow(queries.NEXT_RUN_AT, rt.pauses.paused())
-                interval = rt.settings.NOTIFICATION_POLL_INTERVAL
-                wait = next_wait(
-                    row["due_in"] if row else None, interval, rt.pauses.next_resume_in()
-                )
-                notify = row is None or bool(row["wakeup_notify"])
-                if notify != (poll is None):
-                    self.log.info("wakeup_mode", notify=notify, polling=not notify)
-                if notify:
-                    poll = None
-                else:
-                    poll = next_poll(poll, found, interval)
-                    wait = min(wait, poll)
-            except DB_ERRORS as exc:
-                rt.db_failed()
-                self.log.warning("schedule_read_failed", error=describe_error(exc))
-            with contextlib.suppress(Exception):
-                await Doorbell.wait(token, wait)
+async def schedule(rt: Runtime) -> None:
+    """Ring the workers, then sleep until the next reason to look; until the daemon stops."""
+    log = get_logger(component="scheduler")
+    poll: float | None = None  # the adaptive poll's last wait, while wake-ups are off
+    rung_at = 0.0
+    while not rt.stopping.is_set():
+        token = rt.changed.token()
+        # Did a worker find work since the last ring? (They loop on their own meanwhile.)
+        found = (rt.stats.last_work_at or 0.0) >= rung_at
+        rung_at = time.time()
+        rt.work.ring()
+        wait = DB_RETRY
+        try:
+            row = await rt.pool.fetchrow(queries.NEXT_RUN_AT, rt.pauses.paused())
+            interval = rt.settings.NOTIFICATION_POLL_INTERVAL
+            wait = next_wait(row["due_in"] if row else None, interval, rt.pauses.next_resume_in())
+            notify = row is None or bool(row["wakeup_notify"])
+            if notify != (poll is None):
+                log.info("wakeup_mode", notify=notify, polling=not notify)
+            if notify:
+                poll = None
+            else:
+                poll = next_poll(poll, found, interval)
+                wait = min(wait, poll)
+        except DB_ERRORS as exc:
+            rt.stats.db_ok = False
+            log.warning("schedule_read_failed", error=describe_error(exc))
+        with contextlib.suppress(Exception):
+            await wait_event(token, wait)

@@ -1,7 +1,7 @@
 """A doorbell for coroutines: ring once, every waiter since the last ring wakes.
 
-Take a ``token()`` *before* looking for work and wait on it after finding none: a ring
-that happens in between is never lost.
+Take a ``token()`` *before* looking for work and wait on it (``wait_event``) after finding
+none: a ring that happens in between is never lost.
 """
 
 from __future__ import annotations
@@ -21,13 +21,11 @@ class Doorbell:
     def token(self) -> asyncio.Event:
         return self._event
 
-    @staticmethod
-    async def wait(token: asyncio.Event, seconds: float | None) -> bool:
-        """Wait for ``token`` to be rung; False on timeout."""
-        if token.is_set():
-            return True
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await token.wait()
-                return True
-        return False
+
+async def wait_event(event: asyncio.Event, seconds: float | None) -> bool:
+    """Wait for ``event`` (a doorbell's token, the stop request) at most ``seconds``;
+    whether it is set."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    return event.is_set()

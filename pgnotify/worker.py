@@ -2,22 +2,17 @@
 record the outcomes; repeat.
 
 Each step is one round trip for the whole batch and returns its values. In-app rows are a
-database write: ``deliver_inapp`` locks them, composes them and writes their outcomes with
-their inbox messages (``pgnotify.inbox``), in one transaction. The others leave the process, so
-they are claimed under a lease: ``claim`` the claimed rows, ``Composer.acompose_batch`` a
-message (or the error it ended with) per row, ``deliver`` the sends in flight,
-``Delivery.settle`` what finished, ``observe_pauses`` each row's channel pause,
-``decide_outcomes`` each row's next state (pure), ``record`` what landed. A worker that
-finds nothing waits for the scheduler's doorbell. Database errors never kill a worker: it
-backs off and goes on, and the outcomes of leased rows it could not record are retried
-until they land (or the daemon stops and the lease gives the rows back), because a sent
-message whose outcome is lost would be sent again.
+database write, done in one transaction (``deliver_inapp``, ``pgnotify.inbox``); the others
+leave the process, so they are claimed under a lease. A worker that finds nothing waits for
+the scheduler's doorbell. Database errors never kill a worker: it backs off and goes on,
+and the outcomes of leased rows it could not record are retried until they land (or the
+daemon stops and the lease gives the rows back), because a sent message whose outcome is
+lost would be sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +33,7 @@ from pgnotify.outcome import Outcome, backoff, decide
 from pgnotify.runtime import Runtime
 from pgnotify.settings import Settings
 from pgnotify.text import describe_error
-from pgnotify.wakeup import Doorbell
+from pgnotify.wakeup import wait_event
 
 # At shutdown, how long outcomes may still try to reach an unreachable database.
 STOP_RECORD_GRACE = 5.0
@@ -161,7 +156,6 @@ class _LockDataError(Exception):
 class Worker:
     def __init__(self, rt: Runtime, index: int) -> None:
         self.rt = rt
-        self.index = index
         self.log = get_logger(component="worker", worker=index)
         self._db_failures = 0
         self.lock_inapp = queries.lock_inapp(rt.settings.NOTIFICATION_BATCH_SIZE)
@@ -202,23 +196,19 @@ class Worker:
                     await self.process(batch)
                 finally:
                     rt.stats.in_flight -= len(batch)
-            elif not taken and not await Doorbell.wait(
-                token, rt.settings.NOTIFICATION_POLL_INTERVAL
-            ):
+            elif not taken and not await wait_event(token, rt.settings.NOTIFICATION_POLL_INTERVAL):
                 inapp_idle = leased_idle = None  # the worker's own poll: look at both again
 
     async def _db_trouble(self, event: str, exc: BaseException) -> None:
-        self.rt.db_failed()
+        self.rt.stats.db_ok = False
         self._db_failures += 1
         delay = backoff(self._db_failures, 0.1, 5.0)
         self.log.warning(event, error=describe_error(exc), retry_in=round(delay, 2))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await self.rt.stopping.wait()
+        await wait_event(self.rt.stopping, delay)
 
     def _db_fine(self) -> None:
         """A claim or an in-app transaction went through: the database answers."""
-        self.rt.db_ok()
+        self.rt.stats.db_ok = True
         self._db_failures = 0
 
     def _claimed(self, rows: Sequence[asyncpg.Record]) -> list[ClaimedNotification]:
@@ -269,8 +259,7 @@ class Worker:
                     try:
                         composed = await rt.composer.acompose_batch(batch)
                         results, messages = inapp_results(batch, composed)
-                        pauses = self.observe_pauses(batch, results)
-                        outcomes = decide_outcomes(batch, results, pauses, rt.settings)
+                        outcomes = self.outcomes_of(batch, results)
                         written = await finish_inapp(conn, rt.daemon_id, batch, outcomes, messages)
                     finally:
                         rt.stats.in_flight -= len(batch)
@@ -343,13 +332,8 @@ class Worker:
 
     async def claim(self) -> list[ClaimedNotification]:
         """Claim a batch of due rows to send under a lease; a row whose data fails the
-        claim fails alone.
-
-        The claims compute nothing that one row's data can overflow, but should a data
-        error (SQLSTATE class 22) escape one anyway, the batch is taken again one row at
-        a time and the row that raised it becomes a dead letter with the error, so it can
-        never stop every other row from being sent.
-        """
+        claim (a data error, SQLSTATE class 22) fails alone (``_one_by_one``), so it can
+        never stop every other row from being sent."""
         rt = self.rt
         s = rt.settings
         paused = rt.pauses.paused()
@@ -407,10 +391,9 @@ class Worker:
     async def finish(
         self, batch: Sequence[ClaimedNotification], delivery: Delivery, started: float
     ) -> None:
-        """Settle the deliveries, account pauses, decide and record the outcomes."""
+        """Settle the deliveries, decide and record the outcomes."""
         results = await delivery.settle()
-        pauses = self.observe_pauses(batch, results)
-        outcomes = decide_outcomes(batch, results, pauses, self.rt.settings)
+        outcomes = self.outcomes_of(batch, results)
         if outcomes:
             await self.record(batch, outcomes, started)
 
@@ -439,16 +422,17 @@ class Worker:
         async with asyncio.timeout(self.rt.settings.NOTIFICATION_SEND_TIMEOUT + 5):
             return await channel.send(message)
 
-    def observe_pauses(
+    def outcomes_of(
         self, batch: Sequence[ClaimedNotification], results: Mapping[int, Receipt | BaseException]
-    ) -> dict[int, float]:
-        """Account every result in the channel pauses; returns each row's pause in seconds."""
+    ) -> list[Outcome]:
+        """Account every result in the channel pauses, then decide each row's next state."""
         pauses = self.rt.pauses
-        return {
+        paused = {
             n.id: pauses.observe(n.channel, result)
             for n in batch
             if (result := results.get(n.id)) is not None
         }
+        return decide_outcomes(batch, results, paused, self.rt.settings)
 
     async def record(
         self,
@@ -494,7 +478,7 @@ class Worker:
                         if o.opt_out:
                             await conn.execute(queries.RECORD_OPT_OUT, o.id, "sms", o.last_error)
                 recorded.update(int(r["id"]) for r in rows)
-                rt.db_ok()
+                rt.stats.db_ok = True
                 return
             except DB_ERRORS as exc:
                 failures += 1
@@ -508,7 +492,7 @@ class Worker:
                             note="rows return to pending when their lease expires",
                         )
                         return
-                rt.db_failed()
+                rt.stats.db_ok = False
                 delay = backoff(failures, 0.1, 5.0)
                 self.log.warning(
                     "record_failed",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pgnotify.channels.base import Receipt
 from pgnotify.pauses import ChannelPauses
 
 
@@ -58,7 +59,7 @@ def test_a_success_clears_the_backoff() -> None:
     pauses = ChannelPauses(base=30.0, clock=clock)
     clock.now += pauses.pause("sms", "401") + 0.01
     clock.now += pauses.pause("sms", "401") + 0.01
-    pauses.succeeded("sms")
+    pauses.observe("sms", Receipt(None))  # a send went through
     assert 27.0 <= pauses.pause("sms", "401") <= 33.0
 
 

@@ -100,4 +100,4 @@ def test_a_connect_failure_never_shows_the_password(loaded: None) -> None:
 
 def test_a_delivery_error_is_one_line() -> None:
     error = PermanentError("550 no\r\n such\x00 user")
-    assert error.reason == "550 no such user"
+    assert str(error) == "550 no such user"
