@@ -1,9 +1,11 @@
 """Workers: deliver due in-app rows, claim a batch of the others, compose it, deliver it,
 record the outcomes; repeat.
 
-Each step is one round trip for the whole batch and returns its values. In-app rows are a
-database write, done in one transaction (``deliver_inapp``, ``pgnotify.inbox``); the others
-leave the process, so they are claimed under a lease. A worker that finds nothing waits for
+Each step is one round trip for the whole batch and returns its values: ``claim`` →
+``Composer.acompose_batch`` → ``deliver`` → ``Delivery.settle`` → ``outcomes_of`` (pure
+``decide_outcomes``) → ``record``. In-app rows are a database write, done in one
+transaction (``deliver_inapp``, ``pgnotify.inbox``); the others leave the process, so they
+are claimed under a lease. A worker that finds nothing waits for
 the scheduler's doorbell. Database errors never kill a worker: it backs off and goes on,
 and the outcomes of leased rows it could not record are retried until they land (or the
 daemon stops and the lease gives the rows back), because a sent message whose outcome is
