@@ -152,9 +152,11 @@ class Daemon:
         """The pool and the catalog, once the database answers; None if the start ends here.
 
         A database that does not answer is waited for, with backoff. What no wait can fix
-        (``_why_start_fails``: ``pgnotify migrate`` runs before the daemon, not beside it)
-        ends the start with exit 2 and one critical line. A stop that arrives meanwhile,
-        even while the pool is being created, ends the start before any loop runs.
+        (``_why_start_fails``: a missing schema or a pending migration, since ``pgnotify
+        migrate`` runs before the daemon, not beside it; a role, password or privilege the
+        server refuses) ends the start with exit 2 and one critical line. A stop that
+        arrives meanwhile, even while the pool is being created, ends the start before any
+        loop runs.
         """
         failures = 0
         stopping = self.shared.stopping

@@ -1,11 +1,12 @@
 """The database edge: psycopg for the CLI and migrations, asyncpg for the daemon.
 
 It owns how connections are made, which errors mean "the database is away" (``DB_ERRORS``)
-or "this configuration cannot work" (``DB_CONFIGURATION_ERRORS``), and what is secret in a
-``DATABASE_URL``. Connection failures become ``DatabaseUnavailable`` with a one-line
-message naming the host, never a traceback, and never the password; the error itself is
-described by ``text.describe_error``, the one description (and redaction) of every error
-pgnotify shows.
+or "this configuration cannot work" (``DB_CONFIGURATION_ERRORS``), and what a
+``DATABASE_URL`` must be (``dsn_problem``), where it points (``describe_dsn``) and which of
+its parts are secret (``dsn_secrets``). Connection failures become ``DatabaseUnavailable``
+with a one-line message naming the host, never a traceback, and never the password; the
+error itself is described by ``text.describe_error``, the one description (and redaction)
+of every error pgnotify shows.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 200 with a small JSON body when the listener and the pool are up, 503 otherwise. Anything
 that is not a short, well-formed HTTP/1.x request (a request line or header over 8 KiB,
 more than 100 header lines, a request line that is not ``METHOD target HTTP/x.y`` in
-printable ASCII) gets 400 and a closed connection; nothing a client sends can raise past
-the handler, so nothing reaches the log as a traceback.
+printable ASCII, a header line cut short) gets 400 and a closed connection; nothing a
+client sends can raise past the handler, so nothing reaches the log as a traceback.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ class BadRequest(Exception):
 
 async def read_request(reader: asyncio.StreamReader) -> tuple[str, str] | None:
     """The method and target of one request, its headers read and dropped; ``None`` when
-    the client closed before sending a line, ``BadRequest`` for what the module refuses."""
+    the client closed before sending a line, ``BadRequest`` for what the module refuses
+    (its docstring lists it)."""
     try:
         line = await reader.readline()
         if not line:

@@ -23,8 +23,8 @@ class Doorbell:
 
 
 async def wait_event(event: asyncio.Event, seconds: float | None) -> bool:
-    """Wait for ``event`` (a doorbell's token, the stop request) at most ``seconds``;
-    whether it is set."""
+    """Wait for ``event`` (a doorbell's token, the stop request) at most ``seconds`` (None:
+    no deadline); whether it is set, even if it was set just as the time ran out."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
             await event.wait()

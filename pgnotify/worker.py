@@ -5,11 +5,10 @@ Each step is one round trip for the whole batch and returns its values: ``claim`
 ``Composer.acompose_batch`` → ``deliver`` → ``Delivery.settle`` → ``outcomes_of`` (pure
 ``decide_outcomes``) → ``record``. In-app rows are a database write, done in one
 transaction (``deliver_inapp``, ``pgnotify.inbox``); the others leave the process, so they
-are claimed under a lease. A worker that finds nothing waits for
-the scheduler's doorbell. Database errors never kill a worker: it backs off and goes on,
-and the outcomes of leased rows it could not record are retried until they land (or the
-daemon stops and the lease gives the rows back), because a sent message whose outcome is
-lost would be sent again.
+are claimed under a lease. A worker that finds nothing waits for the scheduler's doorbell.
+Database errors never kill a worker: it backs off and goes on, and the outcomes of leased
+rows it could not record are retried until they land (or the daemon stops and the lease
+gives the rows back), because a sent message whose outcome is lost would be sent again.
 """
 
 from __future__ import annotations
@@ -334,8 +333,13 @@ class Worker:
 
     async def claim(self) -> list[ClaimedNotification]:
         """Claim a batch of due rows to send under a lease; a row whose data fails the
-        claim (a data error, SQLSTATE class 22) fails alone (``_one_by_one``), so it can
-        never stop every other row from being sent."""
+        claim fails alone.
+
+        The claim computes nothing one row's data can overflow; should a data error
+        (SQLSTATE class 22) escape it anyway, the batch is taken again one row at a time
+        (``_one_by_one``) and the row at fault ends ``failed`` with the error, so it can
+        never stop every other row from being sent.
+        """
         rt = self.rt
         s = rt.settings
         paused = rt.pauses.paused()
